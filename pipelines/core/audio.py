@@ -1,0 +1,146 @@
+"""Decode any container/codec PyAV (FFmpeg) reads into float32 mono 16 kHz, in-process (no subprocess per file).
+
+The resampler is FFmpeg's (libswresample through ``av.AudioResampler``), the same path faster-whisper's own
+``decode_audio`` takes; channels are down-mixed by FFmpeg's standard matrix.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Union
+
+import av
+import numpy as np
+
+from pipelines.core.errors import AudioDecodeError, AudioTooLongError
+
+SAMPLE_RATE = 16000  # Hz, Whisper's input rate
+#: A file whose container says it lasts longer than this fraction more than what decodes is called truncated.
+TRUNCATION_TOLERANCE = 0.05
+TRUNCATION_MIN_S = 0.5  # ...and the gap must be at least this many seconds (container estimates are rough)
+
+AudioSource = Union[str, os.PathLike, bytes, BinaryIO]
+
+
+@dataclass(frozen=True)
+class AudioArray:
+    """Decoded audio: ``samples`` is float32, shape (n_samples,), mono at ``sample_rate`` Hz, nominally in [-1, 1].
+
+    ``source_sample_rate`` and ``source_channels`` describe the input stream before resampling.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    source_sample_rate: int
+    source_channels: int
+
+    @property
+    def duration_s(self) -> float:
+        """Duration in seconds (n_samples / sample_rate)."""
+        return self.samples.shape[0] / self.sample_rate
+
+
+def _declared_duration_s(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def decode_audio(
+    source: AudioSource,
+    sample_rate: int = SAMPLE_RATE,
+    max_duration_s: float | None = None,
+    name: str | None = None,
+) -> AudioArray:
+    """Decode the first audio stream of ``source`` (path, bytes or binary file object) to mono ``sample_rate``.
+
+    Works for anything FFmpeg reads: wav (int16/24/32, float32), flac, mp3, ogg/vorbis, opus, m4a/aac, and the audio
+    track of mp4/mov/mkv/webm video; any input sample rate and channel count.
+
+    Args:
+        source: a local path, the file's bytes, or a binary file object.
+        sample_rate: output rate in Hz (16000 for Whisper).
+        max_duration_s: refuse files whose container declares a longer duration, before decoding (guards memory).
+        name: how to name the input in error messages (defaults to the path).
+
+    Returns:
+        :class:`AudioArray` with float32 samples, shape (n_samples,).
+
+    Raises:
+        AudioDecodeError: missing or empty input, not audio, no audio stream, a decode error, a file that ends before
+            its header says it should (truncated), or NaN/inf samples.
+        AudioTooLongError: the declared duration is above ``max_duration_s``.
+    """
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            raise AudioDecodeError(f"{label}: is a directory, not an audio file")
+        if not os.path.exists(path):
+            raise AudioDecodeError(f"{label}: no such file")
+        if os.path.getsize(path) == 0:
+            raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
+
+    try:
+        container = av.open(source, mode="r", metadata_errors="ignore")
+    except PermissionError as exc:
+        raise AudioDecodeError(f"{label}: permission denied") from exc
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise AudioDecodeError(f"{label}: not a readable audio/video file ({exc})") from exc
+
+    with container:
+        if not container.streams.audio:
+            raise AudioDecodeError(f"{label}: the file has no audio stream")
+        stream = container.streams.audio[0]
+        source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        source_channels = int(stream.codec_context.channels or 0)
+        declared_s = _declared_duration_s(container, stream)
+        if max_duration_s is not None and declared_s is not None and declared_s > max_duration_s:
+            raise AudioTooLongError(
+                f"{label}: {declared_s / 3600:.2f} h long, above the limit of {max_duration_s / 3600:.2f} h "
+                "(chunking.max_audio_duration_s)"
+            )
+        max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate) + sample_rate
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        pieces: list[np.ndarray] = []
+        n_samples = 0
+        try:
+            for frame in container.decode(stream):
+                frame.pts = None  # let the resampler run on sample counts, not possibly broken timestamps
+                for out in resampler.resample(frame):
+                    piece = out.to_ndarray().reshape(-1)
+                    pieces.append(piece)
+                    n_samples += piece.shape[0]
+                if max_samples is not None and n_samples > max_samples:
+                    raise AudioTooLongError(
+                        f"{label}: decodes to more than {max_duration_s / 3600:.2f} h "
+                        "(chunking.max_audio_duration_s); stopped decoding"
+                    )
+            for out in resampler.resample(None):
+                pieces.append(out.to_ndarray().reshape(-1))
+        except AudioDecodeError:
+            raise
+        except (av.error.FFmpegError, ValueError, MemoryError) as exc:
+            raise AudioDecodeError(f"{label}: decoding failed after {n_samples / sample_rate:.2f} s ({exc})") from exc
+
+    samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+    decoded_s = samples.shape[0] / sample_rate
+    if samples.shape[0] == 0:
+        raise AudioDecodeError(f"{label}: no audio samples could be decoded")
+    if declared_s is not None and declared_s - decoded_s > max(TRUNCATION_MIN_S, TRUNCATION_TOLERANCE * declared_s):
+        raise AudioDecodeError(
+            f"{label}: truncated: the header says {declared_s:.2f} s but only {decoded_s:.2f} s decode"
+        )
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise AudioDecodeError(f"{label}: {bad} samples are NaN or infinite; the file is corrupt")
+    return AudioArray(samples, sample_rate, source_rate, source_channels)

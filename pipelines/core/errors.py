@@ -1,0 +1,32 @@
+"""The project's named exceptions. Each chains its cause (``raise ... from exc``).
+
+The ``error_type`` column of an error row is the class name of one of these (or of an unexpected exception).
+"""
+
+
+class RaywhisperError(Exception):
+    """Base class of every error raywhisper raises on purpose."""
+
+
+class ConfigError(RaywhisperError):
+    """A config file or ``--set`` override is invalid; the message names the field. Stops the job before work."""
+
+
+class ManifestError(RaywhisperError):
+    """A manifest cannot be read or a row is invalid; the message names the file and line. Stops the job."""
+
+
+class AudioDecodeError(RaywhisperError):
+    """An input cannot be decoded into audio (missing, empty, not audio, truncated, non-finite samples...)."""
+
+
+class AudioTooLongError(AudioDecodeError):
+    """An input is longer than the configured limit (``chunking.max_audio_duration_s``)."""
+
+
+class TranscriptionError(RaywhisperError):
+    """The model failed on a chunk of an otherwise decodable file."""
+
+
+class ModelLoadError(RaywhisperError):
+    """The Whisper model cannot be found or loaded (bad name, no network to download it, no CUDA...)."""

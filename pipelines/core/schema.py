@@ -1,0 +1,139 @@
+"""The one output schema (DESIGN.md, invariant 4), shared by the Parquet rows and the endpoint's verbose_json.
+
+Segment and word fields use the names of OpenAI's ``verbose_json``: ``start`` and ``end`` in seconds of file time,
+``avg_logprob``, ``compression_ratio``, ``no_speech_prob``, ``temperature``, ``words[].word/start/end/probability``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+#: Bumped on any change to :data:`TRANSCRIPT_SCHEMA` (major: a field removed or retyped; minor: a field added).
+SCHEMA_VERSION = "1.0"
+
+STATUS_OK = "ok"
+STATUS_EMPTY = "empty"
+STATUS_ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word with its time span (seconds) and the model's mean token probability (0..1)."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One decoded segment; ``start``/``end`` in seconds (chunk time inside the transcriber, file time after
+    stitching). ``avg_logprob`` is the mean token log-probability of the chunk's decode, ``no_speech_prob`` the
+    model's probability of no speech, ``temperature`` the one that produced it, ``compression_ratio`` the gzip
+    ratio of ``text`` (openai/whisper's hallucination signals)."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    temperature: float
+    words: tuple[Word, ...] = ()
+
+    def to_dict(self) -> dict:
+        """The segment as plain dicts and lists (verbose_json shape)."""
+        return asdict(self) | {"words": [asdict(w) for w in self.words]}
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One file's transcript: the segments in file time, in order, and the language that decoded it."""
+
+    text: str
+    language: str | None
+    language_probability: float | None
+    duration_s: float
+    segments: tuple[Segment, ...] = field(default_factory=tuple)
+
+    @property
+    def status(self) -> str:
+        """``ok`` when any text was produced, else ``empty``."""
+        return STATUS_OK if self.text.strip() else STATUS_EMPTY
+
+
+WORD_TYPE = pa.struct(
+    [
+        ("word", pa.string()),
+        ("start", pa.float64()),
+        ("end", pa.float64()),
+        ("probability", pa.float64()),
+    ]
+)
+
+SEGMENT_TYPE = pa.struct(
+    [
+        ("id", pa.int32()),
+        ("start", pa.float64()),
+        ("end", pa.float64()),
+        ("text", pa.string()),
+        ("avg_logprob", pa.float64()),
+        ("compression_ratio", pa.float64()),
+        ("no_speech_prob", pa.float64()),
+        ("temperature", pa.float64()),
+        ("words", pa.list_(WORD_TYPE)),
+    ]
+)
+
+#: One row per manifest row. Times are seconds; ``*_s`` timings are the wall time spent on this file per stage
+#: (the transcribe time of a batch is shared between its files in proportion to their audio duration).
+TRANSCRIPT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("audio_filepath", pa.string()),
+        ("sha256", pa.string()),
+        ("duration_s", pa.float64()),
+        ("language", pa.string()),
+        ("language_probability", pa.float64()),
+        ("text", pa.string()),
+        ("segments", pa.list_(SEGMENT_TYPE)),
+        ("status", pa.string()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("attempts", pa.int32()),
+        ("reference", pa.string()),
+        ("source_sample_rate", pa.int32()),
+        ("source_channels", pa.int32()),
+        ("num_chunks", pa.int32()),
+        ("model", pa.string()),
+        ("compute_type", pa.string()),
+        ("config_fingerprint", pa.string()),
+        ("run_id", pa.string()),
+        ("schema_version", pa.string()),
+        ("decode_s", pa.float64()),
+        ("vad_s", pa.float64()),
+        ("transcribe_s", pa.float64()),
+        ("created_at", pa.timestamp("ms", tz="UTC")),
+    ],
+    metadata={"raywhisper.schema_version": SCHEMA_VERSION},
+)
+
+
+def empty_row() -> dict:
+    """A row dict with every schema field set to None (callers fill what they know)."""
+    return {name: None for name in TRANSCRIPT_SCHEMA.names}
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    """Build a table in :data:`TRANSCRIPT_SCHEMA` from row dicts (missing keys become null).
+
+    Raises:
+        pyarrow.ArrowInvalid / ArrowTypeError: a value does not fit its field's type.
+    """
+    columns = {name: [row.get(name) for row in rows] for name in TRANSCRIPT_SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=TRANSCRIPT_SCHEMA)
+

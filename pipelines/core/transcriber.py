@@ -1,0 +1,389 @@
+"""The one transcriber (DESIGN.md, invariant 1): a ``faster_whisper.WhisperModel`` loaded once, transcribing
+batches of chunks that may come from many files.
+
+Per batch of up to ``batch_size`` chunks sharing a language and prompt: log-Mel features (padded to Whisper's
+30 s window), one encoder call, one batched beam search with timestamps, openai/whisper's temperature fallback
+for the chunks that fail its compression-ratio / log-probability tests (re-decoded together at the next
+temperature), the no-speech test, segment splitting at timestamp tokens, and word timestamps from
+cross-attention alignment. The pieces are faster-whisper's own (``get_prompt``,
+``_split_segments_by_timestamps``, ``add_word_timestamps``), driven as ``BatchedInferencePipeline.forward`` does,
+but with timestamps and fallback kept on so accuracy matches ``WhisperModel.transcribe``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+
+from pipelines.config import DecodingConfig, ModelConfig
+from pipelines.core.errors import ModelLoadError, TranscriptionError
+from pipelines.core.models import resolve_model_path
+from pipelines.core.schema import Segment, Word
+
+log = logging.getLogger(__name__)
+
+N_FRAMES = 3000  # mel frames in Whisper's 30 s window: 30 s * 16000 / hop 160
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of audio to transcribe.
+
+    ``samples``: float32, shape (n_samples,), 16 kHz mono, at most 30 s. ``key`` names the file it came from and
+    ``index`` its place in that file; ``offset_s`` is where it starts in the file (seconds). ``language`` and
+    ``prompt`` override the config's for this chunk's file.
+    """
+
+    key: str
+    index: int
+    offset_s: float
+    samples: np.ndarray
+    language: Optional[str] = None
+    prompt: Optional[str] = None
+
+    @property
+    def duration_s(self) -> float:
+        """Duration in seconds at 16 kHz."""
+        return self.samples.shape[0] / 16000
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """The transcription of one :class:`Chunk`; segment and word times are seconds of chunk time (0 = chunk start)."""
+
+    key: str
+    index: int
+    offset_s: float
+    duration_s: float
+    language: str
+    language_probability: float
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Work item: decode chunk ``chunk`` from mel frame ``seek`` on, prompted with ``context`` (token ids)."""
+
+    chunk: int
+    seek: int
+    context: list[int]
+
+
+@dataclass
+class _Decoded:
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    temperature: float
+    compression_ratio: float
+
+
+class Transcriber:
+    """faster-whisper model, loaded once in ``__init__``; :meth:`transcribe_chunks` does the work.
+
+    Used unchanged by the batch job's actor pool and the Serve deployment.
+
+    Raises (from ``__init__``):
+        ModelLoadError: the model cannot be found or loaded, or ``require_cuda`` is set and no CUDA device is seen.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, decoding: DecodingConfig, batch_size: int = 8):
+        self.model_cfg = model_cfg
+        self.decoding = decoding
+        self.batch_size = batch_size
+        if model_cfg.require_cuda and model_cfg.device in ("cuda", "auto"):
+            import ctranslate2
+
+            if ctranslate2.get_cuda_device_count() < 1:
+                raise ModelLoadError(
+                    "model.require_cuda is set but CTranslate2 sees no CUDA device on this worker "
+                    "(check the actor's num_gpus, CUDA_VISIBLE_DEVICES and the CUDA/cuDNN libraries)"
+                )
+        path = resolve_model_path(model_cfg.name)
+        try:
+            self.model = WhisperModel(
+                path,
+                device=model_cfg.device,
+                compute_type=model_cfg.compute_type,
+                cpu_threads=model_cfg.cpu_threads,
+                num_workers=model_cfg.num_workers,
+                download_root=model_cfg.download_root,
+                local_files_only=model_cfg.local_files_only,
+            )
+        except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
+            raise ModelLoadError(f"cannot load model {model_cfg.name!r} ({path}): {exc}") from exc
+        self.multilingual = bool(self.model.model.is_multilingual)
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self.calls = 0  # generate batches run, for tests and metrics
+        self.chunks_seen = 0
+
+    # ----------------------------------------------------------------------------------------------------- helpers
+    def tokenizer(self, language: str) -> Tokenizer:
+        """The (cached) tokenizer for ``language`` and the configured task."""
+        if language not in self._tokenizers:
+            self._tokenizers[language] = Tokenizer(
+                self.model.hf_tokenizer, self.multilingual, task=self.decoding.task, language=language
+            )
+        return self._tokenizers[language]
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """Log-Mel features of one chunk, padded/trimmed to the 30 s window: float32, shape (n_mels, 3000)."""
+        return pad_or_trim(self.model.feature_extractor(samples)[..., :-1], N_FRAMES)
+
+    def detect_language(self, chunks: Sequence[Chunk]) -> list[tuple[str, float]]:
+        """Language code and probability for each chunk, from one encoder pass over the batch.
+
+        An English-only model answers ``("en", 1.0)`` without running.
+        """
+        if not self.multilingual:
+            return [("en", 1.0)] * len(chunks)
+        out: list[tuple[str, float]] = []
+        for start in range(0, len(chunks), self.batch_size):
+            part = chunks[start : start + self.batch_size]
+            encoded = self.model.encode(np.stack([self.features(c.samples) for c in part]))
+            for ranked in self.model.model.detect_language(encoded):
+                token, prob = ranked[0]
+                out.append((token[2:-2], float(prob)))
+        return out
+
+    # -------------------------------------------------------------------------------------------------- main entry
+    def transcribe_chunks(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
+        """Transcribe ``chunks`` (from any number of files) in batches; results come back in input order.
+
+        A file's language is the chunk's ``language``, else ``decoding.language``, else detected on the file's
+        first chunk given here (so pass all chunks of a file in one call). As in ``WhisperModel.transcribe``, a
+        decode that stops at a timestamp before the chunk's end (an unfinished last segment) continues from that
+        timestamp, conditioned on the text so far; continuations of many chunks are batched together.
+
+        Raises:
+            TranscriptionError: the model failed on a batch (the cause is chained).
+        """
+        if not chunks:
+            return []
+        languages = self._resolve_languages(chunks)
+        segments: list[list[dict]] = [[] for _ in chunks]
+        work = [_Piece(i, 0, self._initial_context(c, languages[c.key][0])) for i, c in enumerate(chunks)]
+        while work:
+            work.sort(key=lambda w: (languages[chunks[w.chunk].key][0], len(w.context), w.seek))
+            following: list[_Piece] = []
+            for batch in self._batches(work, chunks, languages):
+                language = languages[chunks[batch[0].chunk].key][0]
+                try:
+                    outcomes = self._decode_pieces(batch, chunks, language)
+                except Exception as exc:  # noqa: BLE001 - CTranslate2 raises RuntimeError/ValueError
+                    keys = sorted({chunks[w.chunk].key for w in batch})
+                    raise TranscriptionError(f"model failed on a batch of {len(batch)} chunks from {keys}: {exc}") from exc
+                for piece, (subs, follow) in zip(batch, outcomes):
+                    segments[piece.chunk].extend(subs)
+                    if follow is not None:
+                        following.append(follow)
+            work = following
+        return [self._chunk_result(c, languages[c.key], segments[i]) for i, c in enumerate(chunks)]
+
+    def _initial_context(self, chunk: Chunk, language: str) -> list[int]:
+        text = chunk.prompt if chunk.prompt is not None else self.decoding.initial_prompt
+        return self.tokenizer(language).encode(" " + text.strip()) if text else []
+
+    def _resolve_languages(self, chunks: Sequence[Chunk]) -> dict[str, tuple[str, float]]:
+        languages: dict[str, tuple[str, float]] = {}
+        to_detect: dict[str, Chunk] = {}
+        for chunk in chunks:
+            if chunk.key in languages or chunk.key in to_detect:
+                continue
+            given = chunk.language or self.decoding.language
+            if given:
+                languages[chunk.key] = (given if self.multilingual else "en", 1.0)
+            elif not self.multilingual:
+                languages[chunk.key] = ("en", 1.0)
+            else:
+                to_detect[chunk.key] = min((c for c in chunks if c.key == chunk.key), key=lambda c: c.index)
+        if to_detect:
+            detected = self.detect_language(list(to_detect.values()))
+            languages.update(zip(to_detect.keys(), detected))
+        return languages
+
+    def _batches(self, work: list["_Piece"], chunks: Sequence[Chunk],
+                 languages: dict[str, tuple[str, float]]) -> Iterable[list["_Piece"]]:
+        batch: list[_Piece] = []
+        for piece in work:
+            lang = languages[chunks[piece.chunk].key][0]
+            if batch and (lang != languages[chunks[batch[0].chunk].key][0] or len(batch) >= self.batch_size):
+                yield batch
+                batch = []
+            batch.append(piece)
+        if batch:
+            yield batch
+
+    def _decode_pieces(self, batch: list["_Piece"], chunks: Sequence[Chunk], language: str):
+        """One encoder + beam search call over ``batch``; returns per piece (segments, continuation or None).
+
+        Segment dicts carry ``start``/``end`` in chunk time, ``tokens``, ``words`` and the decode's scores.
+        """
+        opts = self.decoding
+        model = self.model
+        tokenizer = self.tokenizer(language)
+        fps = model.frames_per_second
+        # CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch: keep the
+        # most recent tokens of each context, as many as the shortest context has.
+        n_context = min(len(w.context) for w in batch)
+        prompts = [
+            model.get_prompt(tokenizer, w.context[len(w.context) - n_context:] if n_context else [],
+                             without_timestamps=opts.without_timestamps, hotwords=opts.hotwords)
+            for w in batch
+        ]
+        pieces = [chunks[w.chunk].samples[w.seek * model.feature_extractor.hop_length:] for w in batch]
+        features = np.stack([self.features(p) for p in pieces])
+        encoder_output = model.encode(features)
+        decoded = self._generate_with_fallback(encoder_output, features, prompts, tokenizer)
+        self.calls += 1
+        self.chunks_seen += len(batch)
+
+        per_piece: list[list[dict]] = []
+        sizes: list[int] = []
+        outcomes = []
+        for w, samples, dec in zip(batch, pieces, decoded):
+            total_frames = int(round(chunks[w.chunk].samples.shape[0] / model.feature_extractor.hop_length))
+            size = min(N_FRAMES, max(1, total_frames - w.seek))
+            sizes.append(size)
+            if self._is_silent(dec):
+                per_piece.append([])
+                outcomes.append(None if w.seek + size >= total_frames else _Piece(w.chunk, w.seek + size, w.context))
+                continue
+            subs, seek, _ = model._split_segments_by_timestamps(
+                tokenizer=tokenizer,
+                tokens=dec.tokens,
+                time_offset=w.seek / fps,
+                segment_size=size,
+                segment_duration=size / fps,
+                seek=w.seek,
+            )
+            kept = [sub for sub in subs if tokenizer.decode([t for t in sub["tokens"] if t < tokenizer.eot]).strip()]
+            for sub in kept:
+                sub.update(avg_logprob=dec.avg_logprob, no_speech_prob=dec.no_speech_prob,
+                           temperature=dec.temperature)
+            per_piece.append(kept)
+            follow = None
+            if w.seek < seek < total_frames:
+                text_tokens = [t for sub in kept for t in sub["tokens"] if t < tokenizer.eot]
+                context = [] if dec.temperature > 0.5 else w.context + text_tokens  # prompt_reset_on_temperature
+                follow = _Piece(w.chunk, seek, context)
+            outcomes.append(follow)
+
+        if opts.word_timestamps and any(per_piece):
+            model.add_word_timestamps(per_piece, tokenizer, encoder_output, sizes, opts.prepend_punctuations,
+                                      opts.append_punctuations, 0.0)
+        return [(subs, follow) for subs, follow in zip(per_piece, outcomes)]
+
+    def _chunk_result(self, chunk: Chunk, language: tuple[str, float], subs: list[dict]) -> ChunkResult:
+        tokenizer = self.tokenizer(language[0])
+        segments = []
+        for sub in sorted(subs, key=lambda s: s["start"]):
+            text = tokenizer.decode([t for t in sub["tokens"] if t < tokenizer.eot])
+            words = tuple(
+                Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"]))
+                for w in sub.get("words") or []
+            )
+            segments.append(
+                Segment(
+                    id=len(segments),
+                    start=float(sub["start"]),
+                    end=float(sub["end"]),
+                    text=text,
+                    avg_logprob=float(sub["avg_logprob"]),
+                    compression_ratio=float(get_compression_ratio(text)),
+                    no_speech_prob=float(sub["no_speech_prob"]),
+                    temperature=float(sub["temperature"]),
+                    words=words,
+                )
+            )
+        return ChunkResult(chunk.key, chunk.index, chunk.offset_s, chunk.duration_s, language[0], language[1],
+                           tuple(segments))
+
+    def _is_silent(self, dec: _Decoded) -> bool:
+        """openai/whisper's no-speech test: high no_speech_prob and a low log-probability."""
+        opts = self.decoding
+        if opts.no_speech_threshold is None or dec.no_speech_prob <= opts.no_speech_threshold:
+            return False
+        return not (opts.log_prob_threshold is not None and dec.avg_logprob > opts.log_prob_threshold)
+
+    def _needs_fallback(self, dec: _Decoded) -> bool:
+        opts = self.decoding
+        needs = False
+        if opts.compression_ratio_threshold is not None and dec.compression_ratio > opts.compression_ratio_threshold:
+            needs = True
+        if opts.log_prob_threshold is not None and dec.avg_logprob < opts.log_prob_threshold:
+            needs = True
+            if opts.no_speech_threshold is not None and dec.no_speech_prob > opts.no_speech_threshold:
+                needs = False  # silence, not a failed decode
+        return needs
+
+    def _generate_with_fallback(self, encoder_output, features: np.ndarray, prompts: list[list[int]],
+                                tokenizer: Tokenizer):
+        """Batched version of ``WhisperModel.generate_with_fallback``: every chunk starts at the first temperature;
+        the ones that fail move on together to the next; the best candidate is kept when all fail."""
+        opts = self.decoding
+        model = self.model
+        longest = max(len(p) for p in prompts)
+        max_length = min(model.max_length, longest + opts.max_new_tokens) if opts.max_new_tokens else model.max_length
+        suppress = list(get_suppressed_tokens(tokenizer, list(opts.suppress_tokens))) if opts.suppress_tokens else []
+        max_initial_timestamp_index = int(round(opts.max_initial_timestamp / model.time_precision))
+        n = features.shape[0]
+        candidates: list[list[_Decoded]] = [[] for _ in range(n)]
+        final: list[Optional[_Decoded]] = [None] * n
+        pending = list(range(n))
+        for t_index, temperature in enumerate(opts.temperatures):
+            if not pending:
+                break
+            if temperature > 0:
+                kwargs = {"beam_size": 1, "num_hypotheses": opts.best_of, "sampling_topk": 0,
+                          "sampling_temperature": temperature}
+            else:
+                kwargs = {"beam_size": opts.beam_size, "patience": opts.patience}
+            enc = encoder_output if len(pending) == n else model.encode(features[pending])
+            outputs = model.model.generate(
+                enc,
+                [prompts[i] for i in pending],
+                length_penalty=opts.length_penalty,
+                repetition_penalty=opts.repetition_penalty,
+                no_repeat_ngram_size=opts.no_repeat_ngram_size,
+                max_length=max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=opts.suppress_blank,
+                suppress_tokens=suppress,
+                max_initial_timestamp_index=max_initial_timestamp_index,
+                **kwargs,
+            )
+            still: list[int] = []
+            last = t_index == len(opts.temperatures) - 1
+            for i, out in zip(pending, outputs):
+                tokens = list(out.sequences_ids[0])
+                seq_len = len(tokens)
+                avg_logprob = out.scores[0] * (seq_len**opts.length_penalty) / (seq_len + 1)
+                text = tokenizer.decode(tokens).strip()
+                dec = _Decoded(tokens, float(avg_logprob), float(out.no_speech_prob), float(temperature),
+                               float(get_compression_ratio(text)))
+                candidates[i].append(dec)
+                if self._needs_fallback(dec) and not last:
+                    still.append(i)
+                elif self._needs_fallback(dec):
+                    final[i] = self._best_candidate(candidates[i], temperature)
+                else:
+                    final[i] = dec
+            pending = still
+        return final
+
+    def _best_candidate(self, candidates: list[_Decoded], temperature: float) -> _Decoded:
+        """When every temperature failed: the highest log-probability among those under the compression-ratio
+        threshold (or among all), reported at the last temperature, as faster-whisper does."""
+        thr = self.decoding.compression_ratio_threshold
+        pool = [c for c in candidates if thr is None or c.compression_ratio <= thr] or candidates
+        best = max(pool, key=lambda c: c.avg_logprob)
+        return _Decoded(best.tokens, best.avg_logprob, best.no_speech_prob, temperature, best.compression_ratio)

@@ -1,0 +1,1 @@
+"""Manifests, storage access and output writing (fsspec: local paths, file://, s3://, ...)."""

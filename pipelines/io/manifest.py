@@ -1,0 +1,217 @@
+"""Read and validate a manifest before any work: JSONL, CSV, Parquet, a folder, or a glob; local path or any
+fsspec URL (``s3://``...).
+
+Each row names its audio with ``audio_filepath`` (NeMo's name) or ``path``, and may carry ``id``, ``language``,
+``prompt`` and a reference transcript as ``text`` (NeMo) or ``reference``. Relative audio paths resolve against
+the manifest's folder. Any problem stops the job with a :class:`ManifestError` that names the file and line
+(1-based; for CSV the header is line 1, for Parquet the row number).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from pipelines.core.errors import ManifestError
+
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .flac .mp3 .ogg .oga .opus .m4a .aac .mp4 .m4v .mov .mkv .mka .webm .wma .aif .aiff .amr .3gp".split()
+)
+PATH_KEYS = ("audio_filepath", "path")
+REFERENCE_KEYS = ("text", "reference")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One input: ``audio_filepath`` verbatim from the manifest, ``uri`` resolved (absolute path or URL),
+    ``line`` where it was read (1-based)."""
+
+    id: str
+    audio_filepath: str
+    uri: str
+    language: Optional[str] = None
+    prompt: Optional[str] = None
+    reference: Optional[str] = None
+    line: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain dict (for building a Ray dataset)."""
+        return asdict(self)
+
+
+def _is_url(uri: str) -> bool:
+    return "://" in uri
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0] if _is_url(uri) else "file"
+
+
+def resolve_uri(base_dir: str, path: str) -> str:
+    """Resolve ``path`` from a manifest against the manifest's folder ``base_dir`` (a local path or URL).
+
+    Absolute paths and URLs are returned unchanged; ``file://`` URLs become plain local paths.
+    """
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    if _is_url(path) or os.path.isabs(path):
+        return path
+    if _is_url(base_dir):
+        proto, rest = base_dir.split("://", 1)
+        return f"{proto}://{posixpath.normpath(posixpath.join(rest, path))}"
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+def _parent(uri: str) -> str:
+    if _is_url(uri):
+        proto, rest = uri.split("://", 1)
+        return f"{proto}://{posixpath.dirname(rest.rstrip('/'))}"
+    return os.path.dirname(os.path.abspath(uri))
+
+
+def _local(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _str_or_none(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # NaN from CSV/Parquet
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def _row(record: Any, where: str, line: int, base_dir: str) -> ManifestRow:
+    if not isinstance(record, dict):
+        raise ManifestError(f"{where}, line {line}: expected an object with 'audio_filepath', got {type(record).__name__}")
+    path = next((_str_or_none(record.get(k)) for k in PATH_KEYS if _str_or_none(record.get(k))), None)
+    if path is None:
+        raise ManifestError(f"{where}, line {line}: the row has no 'audio_filepath' (or 'path'): {json.dumps(record)[:200]}")
+    reference = next((_str_or_none(record.get(k)) for k in REFERENCE_KEYS if record.get(k) is not None), None)
+    return ManifestRow(
+        id=_str_or_none(record.get("id")) or "",
+        audio_filepath=path,
+        uri=resolve_uri(base_dir, path),
+        language=_str_or_none(record.get("language")),
+        prompt=_str_or_none(record.get("prompt")),
+        reference=reference,
+        line=line,
+    )
+
+
+def _records(uri: str, storage_options: dict) -> list[tuple[int, Any]]:
+    suffix = os.path.splitext(uri.split("?")[0])[1].lower()
+    try:
+        with fsspec.open(uri, "rb", **storage_options) as f:
+            data = f.read()
+    except FileNotFoundError as exc:
+        raise ManifestError(f"manifest {uri}: no such file") from exc
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"manifest {uri}: cannot be read ({exc})") from exc
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+            raise ManifestError(f"manifest {uri}: not a readable Parquet file ({exc})") from exc
+        return list(enumerate(table.to_pylist(), start=1))
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {uri}: not UTF-8 text ({exc})") from exc
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not set(PATH_KEYS) & set(reader.fieldnames):
+            raise ManifestError(f"manifest {uri}, line 1: the CSV header needs an 'audio_filepath' (or 'path') column")
+        return [(i + 2, rec) for i, rec in enumerate(reader)]
+    records = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            records.append((number, json.loads(raw)))
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"manifest {uri}, line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    return records
+
+
+def _list_audio(uri: str, storage_options: dict) -> list[str]:
+    fs, path = url_to_fs(uri, **storage_options)
+    proto = _protocol(uri)
+    try:
+        if any(ch in path for ch in "*?["):
+            found = fs.glob(path)
+        else:
+            found = fs.find(path)
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"input {uri}: cannot be listed ({exc})") from exc
+    files = sorted(p for p in found if os.path.splitext(p)[1].lower() in AUDIO_EXTENSIONS)
+    if proto != "file":
+        files = [f"{proto}://{p}" for p in files]
+    return files
+
+
+def _assign_ids(rows: list[ManifestRow], where: str) -> list[ManifestRow]:
+    seen: dict[str, int] = {}
+    out = []
+    explicit = {r.id for r in rows if r.id}
+    for row in rows:
+        rid = row.id
+        if rid:
+            if rid in seen:
+                raise ManifestError(f"{where}, line {row.line}: id {rid!r} is already used on line {seen[rid]}")
+        else:
+            rid = row.audio_filepath
+            if rid in seen or rid in explicit:
+                rid = f"{row.audio_filepath}#{row.line}"
+        seen[rid] = row.line
+        out.append(ManifestRow(rid, row.audio_filepath, row.uri, row.language, row.prompt, row.reference, row.line))
+    return out
+
+
+def read_manifest(uri: str, storage_options: Optional[dict] = None) -> list[ManifestRow]:
+    """Read and validate the input named by ``uri``.
+
+    Args:
+        uri: a ``.jsonl``/``.json``/``.csv``/``.parquet`` manifest, a folder (listed recursively for audio files),
+            or a glob (``data/*.flac``); local path, ``file://`` or any fsspec URL.
+        storage_options: fsspec options for the manifest's filesystem.
+
+    Returns:
+        Rows in manifest order with unique ids (the ``id`` column, else ``audio_filepath``, made unique by
+        ``#line`` when a path is listed twice).
+
+    Raises:
+        ManifestError: unreadable manifest, bad JSON/CSV/Parquet, a row without a path, duplicate ids, an empty
+            input; the message names the file and line.
+    """
+    storage_options = storage_options or {}
+    uri = _local(uri)
+    fs, path = url_to_fs(uri, **storage_options)
+    is_glob = any(ch in path for ch in "*?[")
+    if is_glob or fs.isdir(path):
+        files = _list_audio(uri, storage_options)
+        if not files:
+            raise ManifestError(f"input {uri}: no audio files found (extensions: {' '.join(sorted(AUDIO_EXTENSIONS))})")
+        base = uri if not is_glob else _parent(uri.split("*")[0] + "x")
+        rows = []
+        for line, f in enumerate(files, start=1):
+            rel = os.path.relpath(f, base) if not _is_url(f) else f
+            rows.append(ManifestRow(id="", audio_filepath=rel if not _is_url(f) else f, uri=f, line=line))
+        return _assign_ids(rows, f"input {uri}")
+    base_dir = _parent(uri)
+    records = _records(uri, storage_options)
+    rows = [_row(rec, f"manifest {uri}", line, base_dir) for line, rec in records]
+    if not rows:
+        raise ManifestError(f"manifest {uri}: has no rows")
+    return _assign_ids(rows, f"manifest {uri}")
