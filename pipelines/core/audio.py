@@ -50,6 +50,30 @@ def _declared_duration_s(container: av.container.InputContainer, stream: av.audi
     return None
 
 
+def check_wav_header(header: bytes, total_size: int, label: str) -> None:
+    """Refuse a RIFF/WAVE file whose ``data`` chunk claims more bytes than the file holds.
+
+    FFmpeg's wav demuxer quietly decodes what is there (it sizes the stream from the file), so a cut-off wav
+    would otherwise pass as a shorter, complete recording.
+
+    Raises:
+        AudioDecodeError: the data chunk is larger than the bytes after it.
+    """
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(header):
+        chunk_id, size = header[pos:pos + 4], int.from_bytes(header[pos + 4:pos + 8], "little")
+        if chunk_id == b"data":
+            available = total_size - (pos + 8)
+            if size not in (0, 0xFFFFFFFF) and size > available:
+                raise AudioDecodeError(
+                    f"{label}: truncated: the wav header declares {size} data bytes but the file has {available}"
+                )
+            return
+        pos += 8 + size + (size & 1)
+
+
 def decode_audio(
     source: AudioSource,
     sample_rate: int = SAMPLE_RATE,
@@ -71,14 +95,16 @@ def decode_audio(
         :class:`AudioArray` with float32 samples, shape (n_samples,).
 
     Raises:
-        AudioDecodeError: missing or empty input, not audio, no audio stream, a decode error, a file that ends before
-            its header says it should (truncated), or NaN/inf samples.
+        AudioDecodeError: missing or empty input, a directory, unreadable (permissions), not audio, no audio
+            stream, a decode error, a file that ends before its header says it should (truncated), or NaN/inf
+            samples.
         AudioTooLongError: the declared duration is above ``max_duration_s``.
     """
     label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
+        check_wav_header(bytes(source[:65536]), len(source), label)
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -88,6 +114,11 @@ def decode_audio(
             raise AudioDecodeError(f"{label}: no such file")
         if os.path.getsize(path) == 0:
             raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
+        try:
+            with open(path, "rb") as f:
+                check_wav_header(f.read(65536), os.path.getsize(path), label)
+        except PermissionError as exc:
+            raise AudioDecodeError(f"{label}: permission denied") from exc
 
     try:
         container = av.open(source, mode="r", metadata_errors="ignore")
