@@ -120,18 +120,17 @@ class Transcriber:
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
             raise ModelLoadError(f"cannot load model {model_cfg.name!r} ({path}): {exc}") from exc
         self.multilingual = bool(self.model.model.is_multilingual)
-        self._tokenizers: dict[str, Tokenizer] = {}
+        self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
         self.calls = 0  # generate batches run, for tests and metrics
         self.chunks_seen = 0
 
     # ----------------------------------------------------------------------------------------------------- helpers
-    def tokenizer(self, language: str) -> Tokenizer:
-        """The (cached) tokenizer for ``language`` and the configured task."""
-        if language not in self._tokenizers:
-            self._tokenizers[language] = Tokenizer(
-                self.model.hf_tokenizer, self.multilingual, task=self.decoding.task, language=language
-            )
-        return self._tokenizers[language]
+    def tokenizer(self, language: str, task: Optional[str] = None) -> Tokenizer:
+        """The (cached) tokenizer for ``language`` and ``task`` (default: the configured task)."""
+        key = (language, task or self.decoding.task)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = Tokenizer(self.model.hf_tokenizer, self.multilingual, task=key[1], language=language)
+        return self._tokenizers[key]
 
     def features(self, samples: np.ndarray) -> np.ndarray:
         """Log-Mel features of one chunk, padded/trimmed to the 30 s window: float32, shape (n_mels, 3000)."""
@@ -154,7 +153,7 @@ class Transcriber:
         return out
 
     # -------------------------------------------------------------------------------------------------- main entry
-    def transcribe_chunks(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
+    def transcribe_chunks(self, chunks: Sequence[Chunk], decoding: Optional[DecodingConfig] = None) -> list[ChunkResult]:
         """Transcribe ``chunks`` (from any number of files) in batches; results come back in input order.
 
         A file's language is the chunk's ``language``, else ``decoding.language``, else detected on the file's
@@ -162,21 +161,25 @@ class Transcriber:
         decode that stops at a timestamp before the chunk's end (an unfinished last segment) continues from that
         timestamp, conditioned on the text so far; continuations of many chunks are batched together.
 
+        ``decoding`` overrides the transcriber's decoding options for this call only (the Serve endpoint's
+        per-request ``temperature``, ``language``...).
+
         Raises:
             TranscriptionError: the model failed on a batch (the cause is chained).
         """
         if not chunks:
             return []
-        languages = self._resolve_languages(chunks)
+        opts = decoding or self.decoding
+        languages = self._resolve_languages(chunks, opts)
         segments: list[list[dict]] = [[] for _ in chunks]
-        work = [_Piece(i, 0, self._initial_context(c, languages[c.key][0])) for i, c in enumerate(chunks)]
+        work = [_Piece(i, 0, self._initial_context(c, languages[c.key][0], opts)) for i, c in enumerate(chunks)]
         while work:
             work.sort(key=lambda w: (languages[chunks[w.chunk].key][0], len(w.context), w.seek))
             following: list[_Piece] = []
             for batch in self._batches(work, chunks, languages):
                 language = languages[chunks[batch[0].chunk].key][0]
                 try:
-                    outcomes = self._decode_pieces(batch, chunks, language)
+                    outcomes = self._decode_pieces(batch, chunks, language, opts)
                 except Exception as exc:  # noqa: BLE001 - CTranslate2 raises RuntimeError/ValueError
                     keys = sorted({chunks[w.chunk].key for w in batch})
                     raise TranscriptionError(f"model failed on a batch of {len(batch)} chunks from {keys}: {exc}") from exc
@@ -185,19 +188,19 @@ class Transcriber:
                     if follow is not None:
                         following.append(follow)
             work = following
-        return [self._chunk_result(c, languages[c.key], segments[i]) for i, c in enumerate(chunks)]
+        return [self._chunk_result(c, languages[c.key], segments[i], opts) for i, c in enumerate(chunks)]
 
-    def _initial_context(self, chunk: Chunk, language: str) -> list[int]:
-        text = chunk.prompt if chunk.prompt is not None else self.decoding.initial_prompt
-        return self.tokenizer(language).encode(" " + text.strip()) if text else []
+    def _initial_context(self, chunk: Chunk, language: str, opts: DecodingConfig) -> list[int]:
+        text = chunk.prompt if chunk.prompt is not None else opts.initial_prompt
+        return self.tokenizer(language, opts.task).encode(" " + text.strip()) if text else []
 
-    def _resolve_languages(self, chunks: Sequence[Chunk]) -> dict[str, tuple[str, float]]:
+    def _resolve_languages(self, chunks: Sequence[Chunk], opts: DecodingConfig) -> dict[str, tuple[str, float]]:
         languages: dict[str, tuple[str, float]] = {}
         to_detect: dict[str, Chunk] = {}
         for chunk in chunks:
             if chunk.key in languages or chunk.key in to_detect:
                 continue
-            given = chunk.language or self.decoding.language
+            given = chunk.language or opts.language
             if given:
                 languages[chunk.key] = (given if self.multilingual else "en", 1.0)
             elif not self.multilingual:
@@ -221,14 +224,13 @@ class Transcriber:
         if batch:
             yield batch
 
-    def _decode_pieces(self, batch: list["_Piece"], chunks: Sequence[Chunk], language: str):
+    def _decode_pieces(self, batch: list["_Piece"], chunks: Sequence[Chunk], language: str, opts: DecodingConfig):
         """One encoder + beam search call over ``batch``; returns per piece (segments, continuation or None).
 
         Segment dicts carry ``start``/``end`` in chunk time, ``tokens``, ``words`` and the decode's scores.
         """
-        opts = self.decoding
         model = self.model
-        tokenizer = self.tokenizer(language)
+        tokenizer = self.tokenizer(language, opts.task)
         fps = model.frames_per_second
         # CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch: keep the
         # most recent tokens of each context, as many as the shortest context has.
@@ -241,7 +243,7 @@ class Transcriber:
         pieces = [chunks[w.chunk].samples[w.seek * model.feature_extractor.hop_length:] for w in batch]
         features = np.stack([self.features(p) for p in pieces])
         encoder_output = model.encode(features)
-        decoded = self._generate_with_fallback(encoder_output, features, prompts, tokenizer)
+        decoded = self._generate_with_fallback(encoder_output, features, prompts, tokenizer, opts)
         self.calls += 1
         self.chunks_seen += len(batch)
 
@@ -252,7 +254,7 @@ class Transcriber:
             total_frames = int(round(chunks[w.chunk].samples.shape[0] / model.feature_extractor.hop_length))
             size = min(N_FRAMES, max(1, total_frames - w.seek))
             sizes.append(size)
-            if self._is_silent(dec):
+            if self._is_silent(dec, opts):
                 per_piece.append([])
                 outcomes.append(None if w.seek + size >= total_frames else _Piece(w.chunk, w.seek + size, w.context))
                 continue
@@ -281,8 +283,9 @@ class Transcriber:
                                       opts.append_punctuations, 0.0)
         return [(subs, follow) for subs, follow in zip(per_piece, outcomes)]
 
-    def _chunk_result(self, chunk: Chunk, language: tuple[str, float], subs: list[dict]) -> ChunkResult:
-        tokenizer = self.tokenizer(language[0])
+    def _chunk_result(self, chunk: Chunk, language: tuple[str, float], subs: list[dict],
+                      opts: DecodingConfig) -> ChunkResult:
+        tokenizer = self.tokenizer(language[0], opts.task)
         segments = []
         for sub in sorted(subs, key=lambda s: s["start"]):
             text = tokenizer.decode([t for t in sub["tokens"] if t < tokenizer.eot])
@@ -306,15 +309,15 @@ class Transcriber:
         return ChunkResult(chunk.key, chunk.index, chunk.offset_s, chunk.duration_s, language[0], language[1],
                            tuple(segments))
 
-    def _is_silent(self, dec: _Decoded) -> bool:
+    @staticmethod
+    def _is_silent(dec: _Decoded, opts: DecodingConfig) -> bool:
         """openai/whisper's no-speech test: high no_speech_prob and a low log-probability."""
-        opts = self.decoding
         if opts.no_speech_threshold is None or dec.no_speech_prob <= opts.no_speech_threshold:
             return False
         return not (opts.log_prob_threshold is not None and dec.avg_logprob > opts.log_prob_threshold)
 
-    def _needs_fallback(self, dec: _Decoded) -> bool:
-        opts = self.decoding
+    @staticmethod
+    def _needs_fallback(dec: _Decoded, opts: DecodingConfig) -> bool:
         needs = False
         if opts.compression_ratio_threshold is not None and dec.compression_ratio > opts.compression_ratio_threshold:
             needs = True
@@ -325,10 +328,9 @@ class Transcriber:
         return needs
 
     def _generate_with_fallback(self, encoder_output, features: np.ndarray, prompts: list[list[int]],
-                                tokenizer: Tokenizer):
+                                tokenizer: Tokenizer, opts: DecodingConfig):
         """Batched version of ``WhisperModel.generate_with_fallback``: every chunk starts at the first temperature;
         the ones that fail move on together to the next; the best candidate is kept when all fail."""
-        opts = self.decoding
         model = self.model
         longest = max(len(p) for p in prompts)
         max_length = min(model.max_length, longest + opts.max_new_tokens) if opts.max_new_tokens else model.max_length
@@ -371,19 +373,20 @@ class Transcriber:
                 dec = _Decoded(tokens, float(avg_logprob), float(out.no_speech_prob), float(temperature),
                                float(get_compression_ratio(text)))
                 candidates[i].append(dec)
-                if self._needs_fallback(dec) and not last:
+                if self._needs_fallback(dec, opts) and not last:
                     still.append(i)
-                elif self._needs_fallback(dec):
-                    final[i] = self._best_candidate(candidates[i], temperature)
+                elif self._needs_fallback(dec, opts):
+                    final[i] = self._best_candidate(candidates[i], temperature, opts)
                 else:
                     final[i] = dec
             pending = still
         return final
 
-    def _best_candidate(self, candidates: list[_Decoded], temperature: float) -> _Decoded:
+    @staticmethod
+    def _best_candidate(candidates: list[_Decoded], temperature: float, opts: DecodingConfig) -> _Decoded:
         """When every temperature failed: the highest log-probability among those under the compression-ratio
         threshold (or among all), reported at the last temperature, as faster-whisper does."""
-        thr = self.decoding.compression_ratio_threshold
+        thr = opts.compression_ratio_threshold
         pool = [c for c in candidates if thr is None or c.compression_ratio <= thr] or candidates
         best = max(pool, key=lambda c: c.avg_logprob)
         return _Decoded(best.tokens, best.avg_logprob, best.no_speech_prob, temperature, best.compression_ratio)
