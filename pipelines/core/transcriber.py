@@ -249,16 +249,16 @@ class Transcriber:
 
         per_piece: list[list[dict]] = []
         sizes: list[int] = []
-        outcomes = []
-        for w, samples, dec in zip(batch, pieces, decoded):
-            total_frames = int(round(chunks[w.chunk].samples.shape[0] / model.feature_extractor.hop_length))
+        seeks: list[int] = []
+        for w, dec in zip(batch, decoded):
+            total_frames = self._total_frames(chunks[w.chunk])
             size = min(N_FRAMES, max(1, total_frames - w.seek))
             sizes.append(size)
             if self._is_silent(dec, opts):
                 per_piece.append([])
-                outcomes.append(None if w.seek + size >= total_frames else _Piece(w.chunk, w.seek + size, w.context))
+                seeks.append(w.seek + size)
                 continue
-            subs, seek, _ = model._split_segments_by_timestamps(
+            subs, seek, single_timestamp_ending = model._split_segments_by_timestamps(
                 tokenizer=tokenizer,
                 tokens=dec.tokens,
                 time_offset=w.seek / fps,
@@ -271,17 +271,35 @@ class Transcriber:
                 sub.update(avg_logprob=dec.avg_logprob, no_speech_prob=dec.no_speech_prob,
                            temperature=dec.temperature)
             per_piece.append(kept)
-            follow = None
-            if w.seek < seek < total_frames:
-                text_tokens = [t for sub in kept for t in sub["tokens"] if t < tokenizer.eot]
-                context = [] if dec.temperature > 0.5 else w.context + text_tokens  # prompt_reset_on_temperature
-                follow = _Piece(w.chunk, seek, context)
-            outcomes.append(follow)
+            seeks.append(w.seek + size if single_timestamp_ending else seek)
 
         if opts.word_timestamps and any(per_piece):
             model.add_word_timestamps(per_piece, tokenizer, encoder_output, sizes, opts.prepend_punctuations,
                                       opts.append_punctuations, 0.0)
-        return [(subs, follow) for subs, follow in zip(per_piece, outcomes)]
+            for i, subs in enumerate(per_piece):
+                # An unfinished decode resumes at its last timestamp (not at the last word's end, as
+                # WhisperModel.transcribe does with word timestamps: DTW often stretches the last word to the
+                # window's end, which would skip the rest). Words are clipped to that point to stay in order.
+                if seeks[i] < batch[i].seek + sizes[i]:
+                    limit = seeks[i] / fps
+                    for sub in subs:
+                        sub["end"] = min(sub["end"], limit)
+                        for word in sub.get("words") or []:
+                            word["end"] = min(word["end"], limit)
+                            word["start"] = min(word["start"], word["end"])
+
+        outcomes = []
+        for w, dec, subs, seek in zip(batch, decoded, per_piece, seeks):
+            follow = None
+            if w.seek < seek < self._total_frames(chunks[w.chunk]):
+                text_tokens = [t for sub in subs for t in sub["tokens"] if t < tokenizer.eot]
+                context = [] if dec.temperature > 0.5 else w.context + text_tokens  # prompt_reset_on_temperature
+                follow = _Piece(w.chunk, seek, context)
+            outcomes.append((subs, follow))
+        return outcomes
+
+    def _total_frames(self, chunk: Chunk) -> int:
+        return int(round(chunk.samples.shape[0] / self.model.feature_extractor.hop_length))
 
     def _chunk_result(self, chunk: Chunk, language: tuple[str, float], subs: list[dict],
                       opts: DecodingConfig) -> ChunkResult:
