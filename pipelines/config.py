@@ -84,6 +84,15 @@ class DecodingConfig(_Frozen):
     suppress_blank: bool = Field(True, description="Suppress a blank first token.")
     suppress_tokens: tuple[int, ...] = Field((-1,), description="Token ids to suppress; -1 = Whisper's default set.")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="Token limit per chunk (None: model's max).")
+    pack_short_chunks: bool = Field(
+        True,
+        description=(
+            "Pack chunks of at most pack_max_chunk_s (from any files) into shared 30 s windows separated by "
+            "pack_gap_s of silence, then split the words back per chunk: the encoder cost of a window is paid once."
+        ),
+    )
+    pack_max_chunk_s: float = Field(20.0, gt=0, le=30, description="Longest chunk that is packed with others (s).")
+    pack_gap_s: float = Field(1.0, ge=0, le=5, description="Silence between packed chunks (s).")
     prepend_punctuations: str = Field("\"'“¿([{-", description="Merged into the next word (word timestamps).")
     append_punctuations: str = Field("\"'.。,，!！?？:：”)]}、", description="Merged into the previous word.")
 

@@ -13,7 +13,7 @@ but with timestamps and fallback kept on so accuracy matches ``WhisperModel.tran
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -25,6 +25,7 @@ from faster_whisper.transcribe import get_compression_ratio, get_suppressed_toke
 from pipelines.config import DecodingConfig, ModelConfig
 from pipelines.core.errors import ModelLoadError, TranscriptionError
 from pipelines.core.models import resolve_model_path
+from pipelines.core.packing import PackedWindow, build_window, plan_windows, split_window
 from pipelines.core.schema import Segment, Word
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,9 @@ class Transcriber:
         A file's language is the chunk's ``language``, else ``decoding.language``, else detected on the file's
         first chunk given here (so pass all chunks of a file in one call). As in ``WhisperModel.transcribe``, a
         decode that stops at a timestamp before the chunk's end (an unfinished last segment) continues from that
-        timestamp, conditioned on the text so far; continuations of many chunks are batched together.
+        timestamp, conditioned on the text so far; continuations of many chunks are batched together. With
+        ``decoding.pack_short_chunks``, short chunks sharing a language and prompt are packed into shared 30 s
+        windows and their words split back per chunk (:mod:`pipelines.core.packing`).
 
         ``decoding`` overrides the transcriber's decoding options for this call only (the Serve endpoint's
         per-request ``temperature``, ``language``...).
@@ -171,6 +174,26 @@ class Transcriber:
             return []
         opts = decoding or self.decoding
         languages = self._resolve_languages(chunks, opts)
+        windows: dict[str, PackedWindow] = {}
+        runnable: list[Chunk] = list(chunks)
+        if opts.pack_short_chunks:
+            runnable, windows = self._pack(chunks, languages, opts)
+        run_opts = opts.model_copy(update={"word_timestamps": True}) if windows else opts
+        results = self._run(runnable, languages, run_opts)
+        if not windows:
+            return results
+        unpacked = self._unpack(chunks, runnable, results, windows, languages, opts)
+        # A packed chunk that got no words (the model ran two neighbours together, or skipped one) is decoded
+        # again on its own, so packing never turns speech into an empty transcript.
+        packed = {m for w in windows.values() for m in w.members}
+        missed = [i for i in sorted(packed) if not unpacked[i].segments]
+        if missed:
+            for i, res in zip(missed, self._run([chunks[i] for i in missed], languages, opts)):
+                unpacked[i] = res
+        return unpacked
+
+    def _run(self, chunks: Sequence[Chunk], languages: dict[str, tuple[str, float]],
+             opts: DecodingConfig) -> list[ChunkResult]:
         segments: list[list[dict]] = [[] for _ in chunks]
         work = [_Piece(i, 0, self._initial_context(c, languages[c.key][0], opts)) for i, c in enumerate(chunks)]
         while work:
@@ -189,6 +212,52 @@ class Transcriber:
                         following.append(follow)
             work = following
         return [self._chunk_result(c, languages[c.key], segments[i], opts) for i, c in enumerate(chunks)]
+
+    def _pack(self, chunks: Sequence[Chunk], languages: dict[str, tuple[str, float]],
+              opts: DecodingConfig) -> tuple[list[Chunk], dict[str, PackedWindow]]:
+        """Replace short chunks sharing a language and prompt by packed windows (see pipelines.core.packing)."""
+        groups: dict[tuple, list[int]] = {}
+        runnable: list[Chunk] = []
+        for i, c in enumerate(chunks):
+            if c.duration_s <= opts.pack_max_chunk_s:
+                prompt = c.prompt if c.prompt is not None else opts.initial_prompt
+                groups.setdefault((languages[c.key][0], prompt), []).append(i)
+            else:
+                runnable.append(c)
+        windows: dict[str, PackedWindow] = {}
+        for (language, prompt), members in groups.items():
+            plan = plan_windows([chunks[i].duration_s for i in members], N_FRAMES / 100, opts.pack_gap_s)
+            for group in plan:
+                idx = [members[k] for k in group]
+                if len(idx) == 1:
+                    runnable.append(chunks[idx[0]])
+                    continue
+                window = build_window(idx, [c.samples for c in chunks], opts.pack_gap_s)
+                key = f"\x00window-{len(windows)}"
+                windows[key] = window
+                languages[key] = languages[chunks[idx[0]].key]
+                runnable.append(Chunk(key, 0, 0.0, window.samples, language=language, prompt=prompt))
+        return runnable, windows
+
+    def _unpack(self, chunks: Sequence[Chunk], runnable: Sequence[Chunk], results: Sequence[ChunkResult],
+                windows: dict[str, PackedWindow], languages: dict[str, tuple[str, float]],
+                opts: DecodingConfig) -> list[ChunkResult]:
+        """Results for the original ``chunks`` (input order) from the results of ``runnable``."""
+        by_position: dict[int, ChunkResult] = {}
+        position = {id(c): i for i, c in enumerate(chunks)}
+        for chunk, res in zip(runnable, results):
+            window = windows.get(chunk.key)
+            if window is None:
+                by_position[position[id(chunk)]] = res
+                continue
+            for member, segs in zip(window.members, split_window(res.segments, window)):
+                orig = chunks[member]
+                if not opts.word_timestamps:
+                    segs = [replace(s, words=()) for s in segs]
+                lang = languages[orig.key]
+                by_position[member] = ChunkResult(orig.key, orig.index, orig.offset_s, orig.duration_s, lang[0],
+                                                  lang[1], tuple(segs))
+        return [by_position[i] for i in range(len(chunks))]
 
     def _initial_context(self, chunk: Chunk, language: str, opts: DecodingConfig) -> list[int]:
         text = chunk.prompt if chunk.prompt is not None else opts.initial_prompt
@@ -274,7 +343,11 @@ class Transcriber:
             seeks.append(w.seek + size if single_timestamp_ending else seek)
 
         if opts.word_timestamps and any(per_piece):
-            model.add_word_timestamps(per_piece, tokenizer, encoder_output, sizes, opts.prepend_punctuations,
+            # add_word_timestamps needs one entry per batch item, each with at least one segment: give silent
+            # pieces a placeholder without tokens (aligned to nothing) and drop it afterwards.
+            padded = [subs or [{"tokens": [], "start": 0.0, "end": 0.0, "seek": w.seek, "placeholder": True}]
+                      for subs, w in zip(per_piece, batch)]
+            model.add_word_timestamps(padded, tokenizer, encoder_output, sizes, opts.prepend_punctuations,
                                       opts.append_punctuations, 0.0)
             for i, subs in enumerate(per_piece):
                 # An unfinished decode resumes at its last timestamp (not at the last word's end, as
