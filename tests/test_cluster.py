@@ -123,11 +123,12 @@ class LocalRayCluster:
         return subprocess.run([str(RAY_CLI), *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
 
-    def submit(self, *entrypoint: str, submission_id: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
-        """``ray job submit --working-dir . --runtime-env-json ... -- <entrypoint>``, waiting for the end."""
+    def submit(self, *entrypoint: str, submission_id: str, wait: bool = True,
+               timeout_s: float = 240) -> subprocess.CompletedProcess:
+        """``ray job submit --working-dir . --runtime-env-json ... [--no-wait] -- <entrypoint>`` (the README's)."""
         return self.ray("job", "submit", "--address", self.address, "--submission-id", submission_id,
-                        "--working-dir", ".", "--runtime-env-json", json.dumps(RUNTIME_ENV), "--", *entrypoint,
-                        timeout_s=timeout_s)
+                        "--working-dir", ".", "--runtime-env-json", json.dumps(RUNTIME_ENV),
+                        *([] if wait else ["--no-wait"]), "--", *entrypoint, timeout_s=timeout_s)
 
     def _own_processes(self):
         import psutil
@@ -192,15 +193,14 @@ def test_job_submit_transcribes_clips_on_a_local_cluster(ray_cluster, clips_mani
 
     out = tmp_path / "out"
     job_id = f"raywhisper-test-{uuid.uuid4().hex[:8]}"
+    # as in the README: submit without waiting, follow the log to the end, then ask for the status
     res = ray_cluster.submit("python", "-m", "pipelines.transcribe", "--manifest", str(clips_manifest),
-                             "--output", str(out), submission_id=job_id)
-    assert res.returncode == 0, res.stdout[-6000:]
-    assert f"Job '{job_id}' succeeded" in res.stdout
-
-    status = ray_cluster.ray("job", "status", job_id, "--address", ray_cluster.address, timeout_s=60)
+                             "--output", str(out), submission_id=job_id, wait=False, timeout_s=60)
+    assert res.returncode == 0, res.stdout[-3000:]
+    logs = ray_cluster.ray("job", "logs", "--address", ray_cluster.address, "--follow", job_id, timeout_s=240)
+    assert f"{len(CLIPS)} files: {len(CLIPS)} ok, 0 empty, 0 error" in logs.stdout, logs.stdout[-6000:]
+    status = ray_cluster.ray("job", "status", "--address", ray_cluster.address, job_id, timeout_s=60)
     assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout[-2000:]
-    logs = ray_cluster.ray("job", "logs", job_id, "--address", ray_cluster.address, timeout_s=60)
-    assert f"{len(CLIPS)} files: {len(CLIPS)} ok, 0 empty, 0 error" in logs.stdout, logs.stdout[-3000:]
 
     df = pd.read_parquet(out)
     assert sorted(df["id"]) == sorted(CLIPS)  # each manifest row exactly once
