@@ -26,6 +26,7 @@ from pipelines.core.errors import ConfigError, ManifestError
 from pipelines.core.schema import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from pipelines.io.manifest import ManifestRow, read_manifest
 from pipelines.io.output import PartWriter, write_summary
+from pipelines.preflight import check_gpu
 
 log = logging.getLogger("raywhisper")
 
@@ -153,6 +154,8 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
 
     Raises:
         ManifestError: the manifest is unreadable or has a bad row (nothing has been transcribed).
+        GpuUnavailableError: the config asks for a GPU the cluster cannot give or a GPU task sees no CUDA
+            (a ConfigError: exit code 2; nothing has been transcribed).
     """
     t0 = time.perf_counter()
     rows = read_manifest(manifest)
@@ -161,6 +164,7 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
     log.info("manifest %s: %d files; output %s; run %s", manifest, len(rows), output, run_id)
     init_ray(cfg)
     summary.ray_start_s = time.perf_counter() - t0
+    check_gpu(cfg)  # a GPU config that cannot get a usable GPU stops here (GpuUnavailableError), before any work
     writer = PartWriter(output, run_id, cfg.output.rows_per_file, cfg.output.compression)
     ds = build_dataset(cfg, rows, run_id)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -30,3 +30,9 @@ class TranscriptionError(RaywhisperError):
 
 class ModelLoadError(RaywhisperError):
     """The Whisper model cannot be found or loaded (bad name, no network to download it, no CUDA...)."""
+
+
+class GpuUnavailableError(ConfigError):
+    """The config asks for GPUs (``transcribe.num_gpus`` > 0 or ``model.device: cuda``) that the Ray cluster cannot
+    give, or a task holding a GPU sees no CUDA device (faster-whisper would run on the CPU quietly). Raised by the
+    job's pre-flight check, before any work; the message says what to fix."""
