@@ -31,6 +31,8 @@ from pipelines.core.schema import Segment, Word
 log = logging.getLogger(__name__)
 
 N_FRAMES = 3000  # mel frames in Whisper's 30 s window: 30 s * 16000 / hop 160
+MAX_ROUNDS = 12  # decode rounds per call; each round finishes or shortens every piece, so this is a safety net
+MIN_REMAINDER_SAMPLES = 1600  # 0.1 s: a shorter rest after the last timestamp is not decoded again
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,27 @@ class _Piece:
     chunk: int
     seek: int
     context: list[int]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A piece still to decode: ``samples`` of input chunk ``origin`` starting ``start_s`` into it; ``solo`` keeps it
+    out of packed windows; ``context`` is its prompt (token ids)."""
+
+    origin: int
+    start_s: float
+    samples: np.ndarray
+    solo: bool
+    context: list[int]
+
+
+def _shift(seg: Segment, offset_s: float) -> Segment:
+    """``seg`` with its and its words' times moved by ``offset_s`` seconds."""
+    if not offset_s:
+        return seg
+    words = tuple(Word(w.word, round(w.start + offset_s, 3), round(w.end + offset_s, 3), w.probability)
+                  for w in seg.words)
+    return replace(seg, start=round(seg.start + offset_s, 3), end=round(seg.end + offset_s, 3), words=words)
 
 
 @dataclass
@@ -158,11 +181,15 @@ class Transcriber:
         """Transcribe ``chunks`` (from any number of files) in batches; results come back in input order.
 
         A file's language is the chunk's ``language``, else ``decoding.language``, else detected on the file's
-        first chunk given here (so pass all chunks of a file in one call). As in ``WhisperModel.transcribe``, a
-        decode that stops at a timestamp before the chunk's end (an unfinished last segment) continues from that
-        timestamp, conditioned on the text so far; continuations of many chunks are batched together. With
-        ``decoding.pack_short_chunks``, short chunks sharing a language and prompt are packed into shared 30 s
-        windows and their words split back per chunk (:mod:`pipelines.core.packing`).
+        first chunk given here (so pass all chunks of a file in one call).
+
+        Work goes in rounds. Each round decodes every pending piece once: with ``decoding.pack_short_chunks``,
+        short pieces sharing a language and prompt are packed into shared 30 s windows (see
+        :mod:`pipelines.core.packing`) and their words split back per piece. As in ``WhisperModel.transcribe``, a
+        decode that stops at a timestamp before the end of its audio (an unfinished last segment) is resumed from
+        that timestamp: the rest becomes a pending piece of the next round, where such remainders, mostly a few
+        seconds, are packed together instead of each paying for a 30 s window. A packed piece that got no words
+        at all is decoded alone in the next round, so packing never turns speech into an empty transcript.
 
         ``decoding`` overrides the transcriber's decoding options for this call only (the Serve endpoint's
         per-request ``temperature``, ``language``...).
@@ -174,90 +201,106 @@ class Transcriber:
             return []
         opts = decoding or self.decoding
         languages = self._resolve_languages(chunks, opts)
-        windows: dict[str, PackedWindow] = {}
-        runnable: list[Chunk] = list(chunks)
-        if opts.pack_short_chunks:
-            runnable, windows = self._pack(chunks, languages, opts)
-        run_opts = opts.model_copy(update={"word_timestamps": True}) if windows else opts
-        results = self._run(runnable, languages, run_opts)
-        if not windows:
-            return results
-        unpacked = self._unpack(chunks, runnable, results, windows, languages, opts)
-        # A packed chunk that got no words (the model ran two neighbours together, or skipped one) is decoded
-        # again on its own, so packing never turns speech into an empty transcript.
-        packed = {m for w in windows.values() for m in w.members}
-        missed = [i for i in sorted(packed) if not unpacked[i].segments]
-        if missed:
-            for i, res in zip(missed, self._run([chunks[i] for i in missed], languages, opts)):
-                unpacked[i] = res
-        return unpacked
+        run_opts = opts.model_copy(update={"word_timestamps": True}) if opts.pack_short_chunks else opts
+        collected: list[list[Segment]] = [[] for _ in chunks]
+        pending = [_Pending(i, 0.0, c.samples, False, self._initial_context(c, languages[c.key][0], opts))
+                   for i, c in enumerate(chunks)]
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                break
+            pending = self._round(chunks, pending, languages, run_opts, opts, collected)
+        if pending:
+            log.warning("gave up on %d unfinished pieces after %d rounds", len(pending), MAX_ROUNDS)
+        results = []
+        for chunk, segs in zip(chunks, collected):
+            segs = sorted(segs, key=lambda s: (s.start, s.end))
+            if not opts.word_timestamps:
+                segs = [replace(s, words=()) for s in segs]
+            lang = languages[chunk.key]
+            results.append(ChunkResult(chunk.key, chunk.index, chunk.offset_s, chunk.duration_s, lang[0], lang[1],
+                                       tuple(replace(s, id=k) for k, s in enumerate(segs))))
+        return results
 
-    def _run(self, chunks: Sequence[Chunk], languages: dict[str, tuple[str, float]],
-             opts: DecodingConfig) -> list[ChunkResult]:
-        segments: list[list[dict]] = [[] for _ in chunks]
-        work = [_Piece(i, 0, self._initial_context(c, languages[c.key][0], opts)) for i, c in enumerate(chunks)]
-        while work:
-            work.sort(key=lambda w: (languages[chunks[w.chunk].key][0], len(w.context), w.seek))
-            following: list[_Piece] = []
-            for batch in self._batches(work, chunks, languages):
-                language = languages[chunks[batch[0].chunk].key][0]
-                try:
-                    outcomes = self._decode_pieces(batch, chunks, language, opts)
-                except Exception as exc:  # noqa: BLE001 - CTranslate2 raises RuntimeError/ValueError
-                    keys = sorted({chunks[w.chunk].key for w in batch})
-                    raise TranscriptionError(f"model failed on a batch of {len(batch)} chunks from {keys}: {exc}") from exc
-                for piece, (subs, follow) in zip(batch, outcomes):
-                    segments[piece.chunk].extend(subs)
-                    if follow is not None:
-                        following.append(follow)
-            work = following
-        return [self._chunk_result(c, languages[c.key], segments[i], opts) for i, c in enumerate(chunks)]
-
-    def _pack(self, chunks: Sequence[Chunk], languages: dict[str, tuple[str, float]],
-              opts: DecodingConfig) -> tuple[list[Chunk], dict[str, PackedWindow]]:
-        """Replace short chunks sharing a language and prompt by packed windows (see pipelines.core.packing)."""
+    def _round(self, chunks: Sequence[Chunk], pending: list["_Pending"], languages: dict[str, tuple[str, float]],
+               run_opts: DecodingConfig, opts: DecodingConfig, collected: list[list[Segment]]) -> list["_Pending"]:
+        """Decode every pending piece once (packed where allowed); add their segments (chunk time) to
+        ``collected``; return the pieces for the next round (remainders after an early stop, missed packed
+        pieces)."""
+        # 1. group pieces into runnable items: packed windows, or pieces alone
+        items: list[tuple[Chunk, Optional[PackedWindow], list[int]]] = []
         groups: dict[tuple, list[int]] = {}
-        runnable: list[Chunk] = []
-        for i, c in enumerate(chunks):
-            if c.duration_s <= opts.pack_max_chunk_s:
-                prompt = c.prompt if c.prompt is not None else opts.initial_prompt
-                groups.setdefault((languages[c.key][0], prompt), []).append(i)
+        for k, p in enumerate(pending):
+            language = languages[chunks[p.origin].key][0]
+            if opts.pack_short_chunks and not p.solo and p.samples.shape[0] <= opts.pack_max_chunk_s * 16000:
+                groups.setdefault((language, tuple(p.context)), []).append(k)
             else:
-                runnable.append(c)
-        windows: dict[str, PackedWindow] = {}
-        for (language, prompt), members in groups.items():
-            plan = plan_windows([chunks[i].duration_s for i in members], N_FRAMES / 100, opts.pack_gap_s)
-            for group in plan:
-                idx = [members[k] for k in group]
+                items.append((Chunk(str(k), 0, 0.0, p.samples, language), None, [k]))
+        for (language, _), members in groups.items():
+            for plan in plan_windows([pending[k].samples.shape[0] / 16000 for k in members], N_FRAMES / 100,
+                                     opts.pack_gap_s):
+                idx = [members[j] for j in plan]
                 if len(idx) == 1:
-                    runnable.append(chunks[idx[0]])
+                    items.append((Chunk(str(idx[0]), 0, 0.0, pending[idx[0]].samples, language), None, idx))
                     continue
-                window = build_window(idx, [c.samples for c in chunks], opts.pack_gap_s)
-                key = f"\x00window-{len(windows)}"
-                windows[key] = window
-                languages[key] = languages[chunks[idx[0]].key]
-                runnable.append(Chunk(key, 0, 0.0, window.samples, language=language, prompt=prompt))
-        return runnable, windows
+                window = build_window(list(range(len(idx))), [pending[k].samples for k in idx], opts.pack_gap_s)
+                items.append((Chunk(f"w{len(items)}", 0, 0.0, window.samples, language), window, idx))
 
-    def _unpack(self, chunks: Sequence[Chunk], runnable: Sequence[Chunk], results: Sequence[ChunkResult],
-                windows: dict[str, PackedWindow], languages: dict[str, tuple[str, float]],
-                opts: DecodingConfig) -> list[ChunkResult]:
-        """Results for the original ``chunks`` (input order) from the results of ``runnable``."""
-        by_position: dict[int, ChunkResult] = {}
-        position = {id(c): i for i, c in enumerate(chunks)}
-        for chunk, res in zip(runnable, results):
-            window = windows.get(chunk.key)
+        # 2. one decode pass over all items, batched per language
+        runnable = [item[0] for item in items]
+        contexts = [pending[item[2][0]].context for item in items]
+        work = sorted((_Piece(i, 0, contexts[i]) for i in range(len(items))),
+                      key=lambda w: (runnable[w.chunk].language, len(w.context)))
+        outcome: dict[int, tuple[list[dict], Optional[_Piece]]] = {}
+        item_languages = {c.key: (c.language, 1.0) for c in runnable}
+        for batch in self._batches(work, runnable, item_languages):
+            language = runnable[batch[0].chunk].language
+            try:
+                decoded = self._decode_pieces(batch, runnable, language, run_opts)
+            except Exception as exc:  # noqa: BLE001 - CTranslate2 raises RuntimeError/ValueError
+                keys = sorted({chunks[pending[k].origin].key for w in batch for k in items[w.chunk][2]})
+                raise TranscriptionError(f"model failed on a batch of {len(batch)} pieces from {keys}: {exc}") from exc
+            outcome.update({w.chunk: out for w, out in zip(batch, decoded)})
+
+        # 3. back to pieces: segments in chunk time, remainders and misses for the next round
+        following: list[_Pending] = []
+        for i, (item_chunk, window, idx) in enumerate(items):
+            subs, follow = outcome[i]
+            segments = self._segments(subs, item_chunk.language, run_opts)
+            seek_s = follow.seek / self.model.frames_per_second if follow is not None else None
             if window is None:
-                by_position[position[id(chunk)]] = res
-                continue
-            for member, segs in zip(window.members, split_window(res.segments, window)):
-                orig = chunks[member]
-                if not opts.word_timestamps:
-                    segs = [replace(s, words=()) for s in segs]
-                lang = languages[orig.key]
-                by_position[member] = ChunkResult(orig.key, orig.index, orig.offset_s, orig.duration_s, lang[0],
-                                                  lang[1], tuple(segs))
-        return [by_position[i] for i in range(len(chunks))]
+                per_member, starts, durations = [segments], [0.0], [item_chunk.duration_s]
+            else:
+                per_member, starts, durations = split_window(segments, window), window.starts_s, window.durations_s
+            for k, segs, start, dur in zip(idx, per_member, starts, durations):
+                p = pending[k]
+                collected[p.origin].extend(_shift(s, p.start_s) for s in segs)
+                if seek_s is not None and seek_s < start + dur:
+                    done_s = max(0.0, seek_s - start)
+                    rest = p.samples[int(round(done_s * 16000)):]
+                    if rest.shape[0] >= MIN_REMAINDER_SAMPLES:
+                        # a piece decoded alone resumes conditioned on its text so far (WhisperModel.transcribe's
+                        # condition_on_previous_text); a packed one resumes with its prompt only, so it can be
+                        # packed again with other remainders
+                        context = follow.context if window is None else \
+                            self._initial_context(chunks[p.origin], languages[chunks[p.origin].key][0], opts)
+                        following.append(_Pending(p.origin, p.start_s + done_s, rest, p.solo, context))
+                elif window is not None and not segs:
+                    following.append(_Pending(p.origin, p.start_s, p.samples, True, p.context))
+        return following
+
+    def _segments(self, subs: list[dict], language: str, opts: DecodingConfig) -> list[Segment]:
+        tokenizer = self.tokenizer(language, opts.task)
+        out = []
+        for sub in subs:
+            text = tokenizer.decode([t for t in sub["tokens"] if t < tokenizer.eot])
+            words = tuple(Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"]))
+                          for w in sub.get("words") or [])
+            out.append(Segment(id=len(out), start=float(sub["start"]), end=float(sub["end"]), text=text,
+                               avg_logprob=float(sub["avg_logprob"]),
+                               compression_ratio=float(get_compression_ratio(text)),
+                               no_speech_prob=float(sub["no_speech_prob"]), temperature=float(sub["temperature"]),
+                               words=words))
+        return out
 
     def _initial_context(self, chunk: Chunk, language: str, opts: DecodingConfig) -> list[int]:
         text = chunk.prompt if chunk.prompt is not None else opts.initial_prompt
@@ -373,32 +416,6 @@ class Transcriber:
 
     def _total_frames(self, chunk: Chunk) -> int:
         return int(round(chunk.samples.shape[0] / self.model.feature_extractor.hop_length))
-
-    def _chunk_result(self, chunk: Chunk, language: tuple[str, float], subs: list[dict],
-                      opts: DecodingConfig) -> ChunkResult:
-        tokenizer = self.tokenizer(language[0], opts.task)
-        segments = []
-        for sub in sorted(subs, key=lambda s: s["start"]):
-            text = tokenizer.decode([t for t in sub["tokens"] if t < tokenizer.eot])
-            words = tuple(
-                Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"]))
-                for w in sub.get("words") or []
-            )
-            segments.append(
-                Segment(
-                    id=len(segments),
-                    start=float(sub["start"]),
-                    end=float(sub["end"]),
-                    text=text,
-                    avg_logprob=float(sub["avg_logprob"]),
-                    compression_ratio=float(get_compression_ratio(text)),
-                    no_speech_prob=float(sub["no_speech_prob"]),
-                    temperature=float(sub["temperature"]),
-                    words=words,
-                )
-            )
-        return ChunkResult(chunk.key, chunk.index, chunk.offset_s, chunk.duration_s, language[0], language[1],
-                           tuple(segments))
 
     @staticmethod
     def _is_silent(dec: _Decoded, opts: DecodingConfig) -> bool:
