@@ -12,7 +12,6 @@ from typing import Any, Iterable, Mapping, Union
 
 import srt
 import webvtt
-from webvtt.models import Timestamp
 
 from pipelines.core.schema import Segment, Transcript
 
@@ -63,6 +62,12 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def vtt_timestamp(seconds: float) -> str:
+    """``HH:MM:SS.mmm`` for a time in seconds (rounded to the millisecond)."""
+    ms = max(0, round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
 def to_vtt(segments: Iterable[SegmentLike]) -> str:
     """WebVTT subtitles: a ``WEBVTT`` header and one cue per segment with text, ``HH:MM:SS.mmm`` times; ``&``,
     ``<`` and ``>`` in the text are written as character references.
@@ -71,8 +76,7 @@ def to_vtt(segments: Iterable[SegmentLike]) -> str:
         The WebVTT document (just the header when no segment has text).
     """
     captions = [
-        webvtt.Caption(start=str(Timestamp.from_seconds(start)), end=str(Timestamp.from_seconds(end)),
-                       text=_vtt_escape(text))
+        webvtt.Caption(start=vtt_timestamp(start), end=vtt_timestamp(end), text=_vtt_escape(text))
         for start, end, text in _cues(segments)
     ]
     return webvtt.WebVTT(captions=captions).content
