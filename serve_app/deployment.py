@@ -28,7 +28,7 @@ from pipelines.core.transcriber import Chunk, Transcriber
 from serve_app.metrics import ModelMetrics
 from serve_app.schemas import APIError, TranscriptionJob
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
 
 WARMUP_S = 1.0  # seconds of synthetic audio the readiness inference transcribes
 MAX_CONSECUTIVE_FAILURES = 3  # failed batches in a row before check_health reports the replica unhealthy
@@ -119,7 +119,10 @@ class TranscriberDeployment:
         failed = all(isinstance(o, APIError) for o in outcomes)
         self._failures_in_a_row = self._failures_in_a_row + 1 if failed else 0
         calls = self.transcriber.calls - calls_before
-        self.metrics.record(len(jobs), time.perf_counter() - t0, calls)
+        elapsed = time.perf_counter() - t0
+        self.metrics.record(len(jobs), elapsed, calls)
+        log.info("batch of %d requests (%d chunks, %.1f s of audio): %d model calls in %.2f s", len(jobs),
+                 sum(len(j.chunks) for j in jobs), sum(j.audio_s for j in jobs), calls, elapsed)
         st = self._stats
         st["requests"] += len(jobs)
         st["batches"] += 1

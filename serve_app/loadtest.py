@@ -3,7 +3,7 @@
 Sends the dev corpus's short clips (``manifest.jsonl``, clips up to ``--max-clip-s``) with 1, 4 and 8 concurrent
 clients and prints, per level, throughput (requests/s and audio seconds per second) and p50/p95 latency; then the
 p50 latency of one ~10 s clip sent alone, against the bare transcriber's time for the same clip in this process
-(decode + VAD chunk + transcribe + stitch, and transcribe alone).
+(decode + VAD chunk + transcribe + stitch, and transcribe alone), the two alternating so both see the same load.
 
 Without ``--url`` it starts its own local Ray and Serve (``configs/serve.yaml``'s args) on a free 127.0.0.1 port and
 also reports the model deployment's batches and model calls per level; with ``--url`` it loads a running server
@@ -152,28 +152,47 @@ def run_level(client: Client, clips: list[Clip], clients: int, n_requests: int, 
     )
 
 
-def bare_latency(cfg, clip: Clip, repeats: int) -> tuple[float, float]:
-    """p50 (s) of the bare transcriber on ``clip`` in this process: (decode + chunk + transcribe + stitch,
-    transcribe alone), same model, decoding and chunking settings as the server."""
-    from pipelines.core.audio import decode_audio
-    from pipelines.core.chunking import chunk_audio, slice_chunk
-    from pipelines.core.stitch import stitch_file
-    from pipelines.core.transcriber import Chunk, Transcriber
+class BareTranscriber:
+    """The server's core path in this process, without Ray or HTTP: same model, decoding and chunking settings."""
 
-    transcriber = Transcriber(cfg.model, cfg.decoding, cfg.deployment.transcribe_batch_size)
-    full, model_only = [], []
-    for i in range(repeats + 1):
+    def __init__(self, cfg):
+        from pipelines.core.transcriber import Transcriber
+
+        self.cfg = cfg
+        self.transcriber = Transcriber(cfg.model, cfg.decoding, cfg.deployment.transcribe_batch_size)
+
+    def run(self, clip: Clip) -> tuple[float, float]:
+        """(decode + VAD chunk + transcribe + stitch, transcribe alone) wall times in seconds for ``clip``."""
+        from pipelines.core.audio import decode_audio
+        from pipelines.core.chunking import chunk_audio, slice_chunk
+        from pipelines.core.stitch import stitch_file
+        from pipelines.core.transcriber import Chunk
+
         t0 = time.perf_counter()
         audio = decode_audio(clip.data, name=clip.name)
-        spans = chunk_audio(audio.samples, cfg.chunking)
+        spans = chunk_audio(audio.samples, self.cfg.chunking)
         chunks = [Chunk("clip", j, s.offset_s, slice_chunk(audio.samples, s, 16000)) for j, s in enumerate(spans)]
         t1 = time.perf_counter()
-        stitch_file(transcriber.transcribe_chunks(chunks), audio.duration_s)
+        stitch_file(self.transcriber.transcribe_chunks(chunks), audio.duration_s)
         t2 = time.perf_counter()
-        if i:  # the first run warms caches
-            full.append(t2 - t0)
-            model_only.append(t2 - t1)
-    return statistics.median(full), statistics.median(model_only)
+        return t2 - t0, t2 - t1
+
+
+def single_clip(client: Client, bare: BareTranscriber, clip: Clip, repeats: int) -> tuple[float, float, float]:
+    """p50 latencies (s) of ``clip`` sent alone: served, bare full path, bare transcribe only. Served and bare runs
+    alternate, so both see the same machine load; the first of each warms up and is not counted."""
+    served, full, model_only = [], [], []
+    for i in range(repeats + 1):
+        ok, latency = client.send(clip)
+        f, m = bare.run(clip)
+        if i and ok:
+            served.append(latency)
+        if i:
+            full.append(f)
+            model_only.append(m)
+    nan = float("nan")
+    return (statistics.median(served) if served else nan, statistics.median(full) if full else nan,
+            statistics.median(model_only) if model_only else nan)
 
 
 def _free_port() -> int:
@@ -182,19 +201,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local_server(config_path: Path, num_cpus: Optional[int]):
-    """Start a local Ray and Serve on a free loopback port with the app of ``config_path`` (a Serve config file).
+def app_args(config_path: Path, overrides: list[str]) -> dict:
+    """The app args of the Serve config file ``config_path``, with ``overrides`` appended."""
+    import yaml
+
+    args = yaml.safe_load(config_path.read_text())["applications"][0]["args"]
+    return dict(args, overrides=list(args.get("overrides") or []) + list(overrides))
+
+
+def start_local_server(args: dict, num_cpus: Optional[int]):
+    """Start a local Ray and Serve on a free loopback port with the app built from ``args``.
 
     Returns:
         (url, ServeConfig, stats callable, api_key or None).
     """
     import ray
-    import yaml
     from ray import serve
 
     from serve_app.app import ServeAppArgs, build_app, resolve_api_key, serve_config_from_args
 
-    args = yaml.safe_load(config_path.read_text())["applications"][0]["args"]
     cfg = serve_config_from_args(ServeAppArgs.model_validate(args))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     port = _free_port()
@@ -218,6 +243,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--max-clip-s", type=float, default=12.0, help="longest clip sent in the levels (s)")
     parser.add_argument("--single-target-s", type=float, default=10.0, help="duration of the single-clip test (s)")
     parser.add_argument("--single-repeats", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a ServeConfig field of the app args (repeatable), e.g. decoding.beam_size=1")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     opts = parser.parse_args(argv)
@@ -226,17 +253,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
     from serve_app.app import ServeAppArgs, serve_config_from_args
 
     stats = None
+    args = app_args(opts.config, opts.overrides)
     if opts.url:
         host = urlparse(opts.url).hostname
         if host not in LOOPBACK:
             parser.error(f"--url must be on loopback ({sorted(LOOPBACK)}), got {host!r}")
-        import yaml
-
-        cfg: ServeConfig = serve_config_from_args(ServeAppArgs.model_validate(
-            yaml.safe_load(opts.config.read_text())["applications"][0]["args"]))
+        cfg: ServeConfig = serve_config_from_args(ServeAppArgs.model_validate(args))
         url, api_key = opts.url, opts.api_key
     else:
-        url, cfg, stats, api_key = start_local_server(opts.config, opts.num_cpus)
+        url, cfg, stats, api_key = start_local_server(args, opts.num_cpus)
 
     clips = load_clips(opts.corpus, opts.max_clip_s)
     client = Client(url, api_key)
@@ -245,12 +270,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             client.send(clip)
         levels = [run_level(client, clips, n, opts.requests, opts.max_seconds, stats) for n in opts.clients]
         single = nearest_clip(opts.corpus, opts.single_target_s)
-        served = []
-        for _ in range(opts.single_repeats):
-            ok, latency = client.send(single)
-            if ok:
-                served.append(latency)
-        served_p50 = statistics.median(served) if served else float("nan")
+        served_p50, bare_full, bare_model = single_clip(client, BareTranscriber(cfg), single, opts.single_repeats)
     finally:
         if stats is not None:
             import ray
@@ -258,11 +278,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
             serve.shutdown()
             ray.shutdown()
-    bare_full, bare_model = bare_latency(cfg, single, opts.single_repeats)
 
     print(f"load test: {len(clips)} clips <= {opts.max_clip_s:g} s from {opts.corpus}, "
           f"model {cfg.model.name} ({cfg.model.device}, {cfg.model.compute_type}), "
-          f"max_batch_size {cfg.deployment.max_batch_size}, batch_wait {cfg.deployment.batch_wait_timeout_s} s")
+          f"beam_size {cfg.decoding.beam_size}, max_batch_size {cfg.deployment.max_batch_size}, "
+          f"batch_wait {cfg.deployment.batch_wait_timeout_s} s")
     print(f"{'clients':>7} {'ok':>4} {'err':>4} {'wall s':>7} {'req/s':>6} {'audio s/s':>9} {'p50 s':>6} {'p95 s':>6}"
           f" {'batches':>7} {'model calls':>11}")
     for lv in levels:
