@@ -204,6 +204,17 @@ def _form_fields(form) -> dict[str, Any]:
     return fields
 
 
+def _form_openapi() -> dict:
+    """The multipart request body for the OpenAPI docs (the route reads the form itself)."""
+    schema = TranscriptionRequest.model_json_schema()
+    schema["properties"] = {"file": {"type": "string", "format": "binary", "description": "The audio file."},
+                            **schema["properties"],
+                            "timestamp_granularities[]": schema["properties"].pop("timestamp_granularities")}
+    schema["required"] = ["file", *schema.get("required", [])]
+    schema["description"] = "OpenAI's transcription form: the audio file and its options."
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
 def _format_tag(value: Any) -> str:
     """A bounded metrics tag for the requested response_format."""
     value = value or "json"
@@ -281,7 +292,7 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
         return {"object": "list",
                 "data": [{"id": name, "object": "model", "owned_by": "raywhisper"} for name in served_names]}
 
-    @app.post("/v1/audio/transcriptions")
+    @app.post("/v1/audio/transcriptions", openapi_extra=_form_openapi())
     async def transcriptions(request: Request) -> Response:
         """OpenAI's ``audio.transcriptions.create`` (see the module doc for fields and error codes)."""
         t0 = time.perf_counter()

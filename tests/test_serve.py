@@ -146,6 +146,9 @@ def test_health_endpoints(endpoint):
     ready = requests.get(f"{endpoint}/health/ready", timeout=30)
     assert ready.status_code == 200
     assert ready.json()["model"] == "bundled-tiny.en" and ready.json()["warmup_s"] > 0
+    docs = requests.get(f"{endpoint}/openapi.json", timeout=10).json()
+    form = docs["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert {"file", "model", "response_format", "timestamp_granularities[]"} <= set(form["schema"]["properties"])
 
 
 @pytest.mark.ray
@@ -260,6 +263,24 @@ def test_bad_requests_get_clear_4xx(endpoint, name, data, file, key, status, cod
     assert error["code"] == code and error["type"] == "invalid_request_error" and len(error["message"]) > 10
     if status == 401:
         assert r.headers.get("www-authenticate") == "Bearer"
+
+
+@pytest.mark.ray
+def test_chunked_upload_over_the_limit_gets_413(endpoint):
+    boundary = "raywhisperboundary"
+
+    def body():  # no Content-Length: the limit is enforced while the body streams in
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+               f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.wav\"\r\n"
+               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        for _ in range(MAX_UPLOAD // 65536 + 8):
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = requests.post(f"{endpoint}/v1/audio/transcriptions", data=body(), timeout=60,
+                      headers={"Authorization": f"Bearer {API_KEY}",
+                               "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
 
 
 @pytest.mark.ray
