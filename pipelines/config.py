@@ -1,4 +1,4 @@
-"""One typed config for the job (and, later, the Serve app): pydantic models loaded from YAML.
+"""One typed config for the job and the Serve app: pydantic models loaded from YAML.
 
 Every setting is a field with a description; ``configs/*.yaml`` and ``--set key=value`` only fill them in.
 Nothing here reads the environment or touches the disk at import time (DESIGN.md, invariant 3).
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from pipelines.core.errors import ConfigError
 
@@ -256,3 +256,127 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return JobConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, str(path or "defaults"))) from exc
+
+
+# --------------------------------------------------------------------------------------------- the Serve endpoint
+class ServeAutoscalingConfig(_Frozen):
+    """Ray Serve autoscaling of the model deployment (``autoscaling_config``), by ongoing requests per replica."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest model replicas (0 allows scaling to zero).")
+    max_replicas: int = Field(1, ge=1, description="Most model replicas.")
+    target_ongoing_requests: float = Field(
+        8.0, gt=0, description="Ongoing requests per replica the autoscaler aims for (about one full batch)."
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "ServeAutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class ServeDeploymentConfig(_Frozen):
+    """The model deployment: replicas holding one :class:`~pipelines.core.transcriber.Transcriber` each."""
+
+    num_replicas: int = Field(1, ge=1, description="Model replicas when autoscaling is off.")
+    autoscaling: Optional[ServeAutoscalingConfig] = Field(
+        None, description="Autoscale between min_replicas and max_replicas instead of a fixed num_replicas."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per model replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (1 on GPU nodes, with model.device=cuda).")
+    max_ongoing_requests: int = Field(
+        16, ge=1,
+        description="Requests a model replica holds at once (being transcribed or waiting in its batch queue); "
+                    "at least max_batch_size so a batch can fill, ideally twice that so the next one fills while "
+                    "one runs.",
+    )
+    max_queued_requests: int = Field(
+        64, ge=-1,
+        description="Requests each caller (ingress replica) queues for the model deployment when every replica is "
+                    "at max_ongoing_requests; beyond it the endpoint answers 503 with Retry-After at once. "
+                    "-1: unbounded (not recommended).",
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After (s) sent with a 503 when the queue is full.")
+    max_batch_size: int = Field(
+        8, ge=1, description="Requests merged into one transcription call by @serve.batch (their chunks are pooled)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.05, ge=0, description="How long (s) @serve.batch waits for a batch to fill before running what it has."
+    )
+    transcribe_batch_size: int = Field(8, ge=1, description="Chunks per model call (encoder + beam search batch).")
+    health_check_period_s: float = Field(10.0, gt=0, description="How often (s) Serve calls check_health.")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="How long (s) a check_health call may take.")
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "ServeDeploymentConfig":
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least max_batch_size "
+                f"({self.max_batch_size}), or batches can never fill"
+            )
+        if self.max_queued_requests == 0:
+            raise ValueError("max_queued_requests must be -1 (unbounded) or at least 1")
+        return self
+
+
+class ServeHTTPConfig(_Frozen):
+    """The HTTP ingress (FastAPI): what it accepts and who may call it. Host and port are Serve's ``http_options``
+    (``configs/serve.yaml``), not settings of the application."""
+
+    api_key: Optional[SecretStr] = Field(
+        None, description="Bearer token every /v1 request must carry (Authorization: Bearer KEY); None: no auth."
+    )
+    api_key_env: Optional[str] = Field(
+        None, description="Name of an environment variable holding the API key, read when the app is built "
+                          "(keeps the key out of the config file); wins over api_key when set and non-empty.",
+    )
+    max_upload_bytes: int = Field(
+        25 * 1024 * 1024, ge=1, description="Largest accepted upload in bytes (413 above it); OpenAI's limit is 25 MB."
+    )
+    model_aliases: tuple[str, ...] = Field(
+        ("whisper-1",), description="Names accepted in the request's 'model' field besides model.name."
+    )
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas (they decode and VAD-chunk uploads on CPU).")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per ingress replica.")
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="HTTP requests an ingress replica holds at once; keep it above the model deployment's "
+                               "max_ongoing_requests + max_queued_requests so overload is answered with a JSON 503.",
+    )
+    ready_timeout_s: float = Field(10.0, gt=0, description="How long (s) /health/ready waits for the model.")
+
+
+class ServeConfig(_Frozen):
+    """The Serve endpoint: the same model, decoding and chunking models as the job (DESIGN.md, invariant 1), plus
+    how the model deployment and the HTTP ingress run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    deployment: ServeDeploymentConfig = Field(default_factory=ServeDeploymentConfig)
+    http: ServeHTTPConfig = Field(default_factory=ServeHTTPConfig)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      inline: dict | None = None) -> ServeConfig:
+    """Load a :class:`ServeConfig`: the YAML file at ``path``, then the ``inline`` sections merged over it (the
+    ``args`` of ``configs/serve.yaml``), then ``section.field=value`` overrides; validated once.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown field or bad value; the message names the field.
+    """
+    tree = _deep_merge(load_tree(path), inline or {})
+    tree = apply_overrides(tree, overrides or [])
+    try:
+        return ServeConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path or "serve args"))) from exc
