@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import posixpath
 import time
 from typing import Optional
 
@@ -146,6 +147,7 @@ class TranscribeStage:
                 samples=np.frombuffer(blob, dtype="<f4"),
                 language=row.get("language"),
                 prompt=row.get("prompt"),
+                pack_group=posixpath.dirname(row["audio_filepath"]),
             )
             for i, (offset, blob) in enumerate(zip(row.get("chunk_offsets_s") or [], row.get("chunk_samples") or []))
         ]
