@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from pipelines.config import row_fingerprint
-from pipelines.core.schema import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
+from pipelines.core.schema import SCHEMA_VERSION, STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from pipelines.io.manifest import ManifestRow
 from pipelines.io.output import OutputFolder
 
@@ -195,7 +195,7 @@ def copy_row(source: dict, row: ManifestRow, run_id: str) -> dict:
     origin = source.get("duplicate_of") or source["id"]
     out.update(
         id=row.id, audio_filepath=row.audio_filepath, reference=row.reference,
-        duplicate_of=None if origin == row.id else origin, run_id=run_id,
+        duplicate_of=None if origin == row.id else origin, run_id=run_id, schema_version=SCHEMA_VERSION,
         created_at=dt.datetime.now(dt.timezone.utc), decode_s=0.0, vad_s=0.0, transcribe_s=0.0,
     )
     message, path = source.get("error_message"), source.get("audio_filepath")
