@@ -8,7 +8,7 @@ from pipelines.config import ChunkingConfig
 from pipelines.core.audio import decode_audio
 from pipelines.core.chunking import ChunkSpan, SpeechSpan, chunk_audio, merge_speech, slice_chunk
 
-CFG = ChunkingConfig()
+CFG = ChunkingConfig(max_chunk_s=30.0)
 RATE = 16000
 
 
@@ -48,6 +48,6 @@ def test_long_form_speech_chunks_in_order_within_bounds(corpus):
 
 
 def test_without_vad_fixed_windows():
-    cfg = ChunkingConfig(vad_filter=False)
+    cfg = ChunkingConfig(vad_filter=False, max_chunk_s=30.0)
     chunks = chunk_audio(np.zeros(65 * RATE, np.float32), cfg)
     assert [(c.offset_s, c.duration_s) for c in chunks] == [(0.0, 30.0), (30.0, 30.0), (60.0, 5.0)]

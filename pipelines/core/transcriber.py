@@ -240,7 +240,7 @@ class Transcriber:
             else:
                 items.append((Chunk(str(k), 0, 0.0, p.samples, language), None, [k]))
         for (language, _, _), members in groups.items():
-            for plan in plan_windows([pending[k].samples.shape[0] / 16000 for k in members], N_FRAMES / 100,
+            for plan in plan_windows([pending[k].samples.shape[0] / 16000 for k in members], opts.pack_window_s,
                                      opts.pack_gap_s):
                 idx = [members[j] for j in plan]
                 if len(idx) == 1:
