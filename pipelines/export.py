@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import html
 import json
 import logging
 import math
@@ -42,9 +41,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-import srt
-import webvtt
-from webvtt.models import Timestamp
+from pipelines.core.export import cues, to_srt, to_vtt  # noqa: F401 - the one SRT/VTT writer, re-exported
+
 
 log = logging.getLogger(__name__)
 
@@ -59,62 +57,6 @@ _SPACES = re.compile(r"\s+")
 
 
 # ---------------------------------------------------------------------------------------------------- pure formats
-
-
-@dataclass(frozen=True)
-class Cue:
-    """One subtitle cue: ``start_ms``/``end_ms`` in integer milliseconds of file time, one line of ``text``."""
-
-    start_ms: int
-    end_ms: int
-    text: str
-
-
-def _get(seg: Any, name: str) -> Any:
-    return seg[name] if isinstance(seg, Mapping) else getattr(seg, name)
-
-
-def to_ms(seconds: float) -> int:
-    """Seconds -> whole milliseconds, rounded to nearest (negative or non-finite -> 0)."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return 0
-    return int(round(seconds * 1000))
-
-
-def cues(segments: Iterable[Any]) -> list[Cue]:
-    """The cues of ``segments`` (``Segment`` objects or dicts with ``start``, ``end`` in seconds and ``text``):
-    blank segments left out, whitespace collapsed, times rounded to the millisecond, end >= start + 1 ms."""
-    out = []
-    for seg in segments:
-        text = _SPACES.sub(" ", _get(seg, "text") or "").strip()
-        if not text:
-            continue
-        start = to_ms(_get(seg, "start"))
-        out.append(Cue(start, max(to_ms(_get(seg, "end")), start + 1), text))
-    return out
-
-
-def to_srt(segments: Iterable[Any]) -> str:
-    """SubRip text of ``segments`` (one cue per non-blank segment, numbered from 1); ``""`` when there is none."""
-    subs = [srt.Subtitle(index=i, start=dt.timedelta(milliseconds=c.start_ms),
-                         end=dt.timedelta(milliseconds=c.end_ms), content=c.text)
-            for i, c in enumerate(cues(segments), start=1)]
-    return srt.compose(subs, reindex=False) if subs else ""
-
-
-def _vtt_timestamp(ms: int) -> str:
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    seconds, millis = divmod(rest, 1000)
-    return str(Timestamp(hours, minutes, seconds, millis))
-
-
-def to_vtt(segments: Iterable[Any]) -> str:
-    """WebVTT text of ``segments`` (a ``WEBVTT`` header, then one cue per non-blank segment)."""
-    captions = [webvtt.Caption(start=_vtt_timestamp(c.start_ms), end=_vtt_timestamp(c.end_ms),
-                               text=html.escape(c.text, quote=False))
-                for c in cues(segments)]
-    return webvtt.WebVTT(captions=captions).content
 
 
 def to_text(segments: Sequence[Any], text: Optional[str] = None) -> str:

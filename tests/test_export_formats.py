@@ -50,9 +50,9 @@ def test_cue_text_that_would_break_the_formats_is_made_safe():
     tricky = [seg(0, 0.0, 1.0, " a <b> & c --> d\n\n second line ")]
     vtt = webvtt.from_string(to_vtt(tricky))
     assert len(vtt.captions) == 1
-    assert vtt.captions[0].raw_text == "a &lt;b&gt; &amp; c --&gt; d\nsecond line"
+    assert vtt.captions[0].raw_text == "a &lt;b&gt; &amp; c --&gt; d second line"  # one line: no blank line
     subs = list(srt.parse(to_srt(tricky)))
-    assert len(subs) == 1 and subs[0].content == "a <b> & c --> d\nsecond line"
+    assert len(subs) == 1 and subs[0].content == "a <b> & c --> d second line"
 
 
 def test_text_and_empty_transcripts():

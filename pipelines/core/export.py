@@ -8,6 +8,9 @@ the dicts of a Parquet row's ``segments`` column (same field names, DESIGN.md in
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
 
 import srt
@@ -25,36 +28,57 @@ MEDIA_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class Cue:
+    """One subtitle cue: ``start_ms``/``end_ms`` in whole milliseconds of file time, one line of ``text``."""
+
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+_SPACES = re.compile(r"\s+")
+
+
 def _fields(segment: SegmentLike) -> tuple[float, float, str]:
     if isinstance(segment, Segment):
         return segment.start, segment.end, segment.text
-    return float(segment["start"]), float(segment["end"]), str(segment["text"])
+    return float(segment["start"]), float(segment["end"]), str(segment["text"] or "")
 
 
-def _cues(segments: Iterable[SegmentLike]) -> list[tuple[float, float, str]]:
-    """(start_s, end_s, one-paragraph text) per segment with text; end is never before start."""
-    cues = []
+def to_ms(seconds: float) -> int:
+    """Seconds -> whole milliseconds, rounded to nearest (negative or non-finite -> 0)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return 0
+    return int(round(seconds * 1000))
+
+
+def cues(segments: Iterable[SegmentLike]) -> list[Cue]:
+    """The cues of ``segments`` (``Segment`` objects or Parquet dicts with ``start``/``end`` in seconds and
+    ``text``): blank segments left out, whitespace (newlines too: a blank line would end a cue in both formats)
+    collapsed to single spaces, times rounded to the millisecond, and every cue at least 1 ms long."""
+    out = []
     for segment in segments:
-        start, end, text = _fields(segment)
-        lines = [line.strip() for line in text.strip().splitlines()]
-        text = "\n".join(line for line in lines if line)  # no blank lines: they end a cue in both formats
+        start_s, end_s, text = _fields(segment)
+        text = _SPACES.sub(" ", text).strip()
         if text:
-            start = max(0.0, start)
-            cues.append((start, max(start, end), text))
-    return cues
+            start = to_ms(start_s)
+            out.append(Cue(start, max(to_ms(end_s), start + 1), text))
+    return out
 
 
 def to_srt(segments: Iterable[SegmentLike]) -> str:
-    """SubRip subtitles: one numbered cue per segment with text, ``HH:MM:SS,mmm`` times.
+    """SubRip subtitles (the ``srt`` library): one numbered cue per segment with text, ``HH:MM:SS,mmm`` times.
 
     Returns:
         The SRT document (empty string when no segment has text).
     """
     subtitles = [
-        srt.Subtitle(index=i, start=dt.timedelta(seconds=start), end=dt.timedelta(seconds=end), content=text)
-        for i, (start, end, text) in enumerate(_cues(segments), start=1)
+        srt.Subtitle(index=i, start=dt.timedelta(milliseconds=c.start_ms), end=dt.timedelta(milliseconds=c.end_ms),
+                     content=c.text)
+        for i, c in enumerate(cues(segments), start=1)
     ]
-    return srt.compose(subtitles)
+    return srt.compose(subtitles, reindex=False) if subtitles else ""
 
 
 def _vtt_escape(text: str) -> str:
@@ -62,23 +86,21 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def vtt_timestamp(seconds: float) -> str:
-    """``HH:MM:SS.mmm`` for a time in seconds (rounded to the millisecond)."""
-    ms = max(0, round(seconds * 1000))
+def vtt_timestamp(ms: int) -> str:
+    """``HH:MM:SS.mmm`` for a time in whole milliseconds."""
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
 def to_vtt(segments: Iterable[SegmentLike]) -> str:
-    """WebVTT subtitles: a ``WEBVTT`` header and one cue per segment with text, ``HH:MM:SS.mmm`` times; ``&``,
-    ``<`` and ``>`` in the text are written as character references.
+    """WebVTT subtitles (``webvtt-py``): a ``WEBVTT`` header and one cue per segment with text, ``HH:MM:SS.mmm``
+    times; ``&``, ``<`` and ``>`` in the text are written as character references.
 
     Returns:
         The WebVTT document (just the header when no segment has text).
     """
-    captions = [
-        webvtt.Caption(start=vtt_timestamp(start), end=vtt_timestamp(end), text=_vtt_escape(text))
-        for start, end, text in _cues(segments)
-    ]
+    captions = [webvtt.Caption(start=vtt_timestamp(c.start_ms), end=vtt_timestamp(c.end_ms),
+                               text=_vtt_escape(c.text))
+                for c in cues(segments)]
     return webvtt.WebVTT(captions=captions).content
 
 
