@@ -2,18 +2,18 @@
 
 Layout of the output folder::
 
-    DIR/part-<run_id>-<seq>.parquet   rows in TRANSCRIPT_SCHEMA; each part is written under a temporary name and
-                                      then renamed, so a reader never sees half a file
+    DIR/part-<run_id>-<seq>.parquet   rows in TRANSCRIPT_SCHEMA, each written atomically so a reader never sees
+                                      half a file: on object stores (s3://...) by one PUT of the final key, elsewhere
+                                      under a temporary name in DIR/_tmp/ and then renamed
     DIR/_runs/<run_id>.json           the run's summary (config, counts, timings); '_' keeps it out of the dataset
 
-Works on any fsspec filesystem (local, s3://...).
+Works on any fsspec filesystem (local, s3://...); see :func:`pipelines.io.storage.write_atomic`.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-import uuid
 from typing import Optional
 
 import pyarrow as pa
@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from pipelines.core.schema import TRANSCRIPT_SCHEMA
+from pipelines.io.storage import RetryPolicy, is_object_store, write_atomic
 
 RUNS_DIR = "_runs"
 TMP_DIR = "_tmp"
@@ -35,16 +36,19 @@ class PartWriter:
         rows_per_file: rows per part.
         compression: Parquet codec.
         storage_options: fsspec options.
+        retry: retries of a part write on transient storage errors (default: RetryPolicy()).
     """
 
     def __init__(self, output_uri: str, run_id: str, rows_per_file: int = 256, compression: str = "zstd",
-                 storage_options: Optional[dict] = None):
+                 storage_options: Optional[dict] = None, retry: Optional[RetryPolicy] = None):
         self.fs, self.root = url_to_fs(output_uri, **(storage_options or {}))
         self.root = self.root.rstrip("/")
         self.run_id = run_id
         self.rows_per_file = rows_per_file
         self.compression = compression
-        self.fs.makedirs(self.root, exist_ok=True)
+        self.retry = retry or RetryPolicy()
+        if not is_object_store(self.fs):  # on S3, makedirs of a missing bucket would create the bucket
+            self.fs.makedirs(self.root, exist_ok=True)
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._seq = 0
@@ -72,21 +76,18 @@ class PartWriter:
         name = f"part-{self.run_id}-{self._seq:05d}.parquet"
         self._seq += 1
         final = posixpath.join(self.root, name)
-        tmp_dir = posixpath.join(self.root, TMP_DIR)
-        self.fs.makedirs(tmp_dir, exist_ok=True)
-        tmp = posixpath.join(tmp_dir, f"{name}.{uuid.uuid4().hex}")
-        with self.fs.open(tmp, "wb") as f:
-            pq.write_table(head, f, compression=self.compression)
-        self.fs.mv(tmp, final)
+        buffer = pa.BufferOutputStream()  # the whole file in memory first: nothing is written if this fails
+        pq.write_table(head, buffer, compression=self.compression)
+        write_atomic(self.fs, final, buffer.getvalue().to_pybytes(), self.retry, posixpath.join(self.root, TMP_DIR))
         self.parts.append(final)
         return final
 
 
-def write_summary(output_uri: str, run_id: str, summary: dict, storage_options: Optional[dict] = None) -> str:
-    """Write ``summary`` as ``_runs/<run_id>.json`` under the output folder; returns its path."""
+def write_summary(output_uri: str, run_id: str, summary: dict, storage_options: Optional[dict] = None,
+                  retry: Optional[RetryPolicy] = None) -> str:
+    """Write ``summary`` as ``_runs/<run_id>.json`` under the output folder (atomically); returns its path."""
     fs, root = url_to_fs(output_uri, **(storage_options or {}))
     path = posixpath.join(root.rstrip("/"), RUNS_DIR, f"{run_id}.json")
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    data = json.dumps(summary, indent=2, default=str).encode()
+    write_atomic(fs, path, data, retry, posixpath.join(root.rstrip("/"), TMP_DIR))
     return path
