@@ -30,7 +30,7 @@ from pipelines.core.schema import (
 )
 from pipelines.core.stitch import stitch
 from pipelines.core.transcriber import Chunk, Transcriber
-from pipelines.io.storage import read_audio_bytes
+from pipelines.io.storage import Storage, resolve_storage
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,14 @@ class DecodeChunkStage:
     ``__call__`` takes a batch of manifest rows (pyarrow Table or list of dicts with the :data:`MANIFEST_FIELDS`)
     and returns a :data:`CHUNKED_SCHEMA` table with one row per input row. A file that cannot be read or decoded
     gets ``error_type``/``error_message`` and no chunks.
+
+    ``storage`` is how inputs are read (fsspec options per protocol, retries); the job resolves it once in the
+    driver. None: resolved here from ``cfg.storage`` and this process's environment.
     """
 
-    def __init__(self, cfg: JobConfig, storage_options: Optional[dict] = None):
+    def __init__(self, cfg: JobConfig, storage: Optional[Storage] = None):
         self.cfg = cfg
-        self.storage_options = storage_options or {}
+        self.storage = storage or resolve_storage(cfg.storage)
 
     def process(self, row: dict) -> dict:
         """Decode and chunk one manifest row (see the class doc); never raises for a bad file."""
@@ -92,7 +95,7 @@ class DecodeChunkStage:
         ck = self.cfg.chunking
         t0 = time.perf_counter()
         try:
-            data = read_audio_bytes(row["uri"], self.storage_options)
+            data = self.storage.read(row["uri"])
             out["sha256"] = data.sha256
             audio = decode_audio(data.content, ck.sample_rate, ck.max_audio_duration_s, name=row["audio_filepath"])
         except AudioDecodeError as exc:

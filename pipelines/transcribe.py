@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from pipelines.config import JobConfig, config_fingerprint, load_config
-from pipelines.core.errors import ConfigError, ManifestError
+from pipelines.core.errors import ConfigError, ManifestError, StorageError
 from pipelines.core.schema import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from pipelines.io.manifest import ManifestRow, read_manifest
 from pipelines.io.output import PartWriter, write_summary
+from pipelines.io.storage import Storage, check_output, resolve_storage
 from pipelines.preflight import check_gpu
 
 log = logging.getLogger("raywhisper")
@@ -112,9 +113,9 @@ def init_ray(cfg: JobConfig) -> None:
     ray.init(address=cfg.ray.address, **kwargs)
 
 
-def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str,
-                  storage_options: Optional[dict] = None):
-    """The lazy Ray Dataset of transcript rows for ``rows`` (decode/chunk -> transcribe), not yet executed."""
+def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str, storage: Optional[Storage] = None):
+    """The lazy Ray Dataset of transcript rows for ``rows`` (decode/chunk -> transcribe), not yet executed.
+    ``storage``: how the decode actors read the audio (None: resolved in each actor from ``cfg.storage``)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -127,7 +128,7 @@ def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str,
     ds = ray.data.from_items([r.to_dict() for r in rows], override_num_blocks=min(blocks, len(rows)))
     ds = ds.map_batches(
         DecodeChunkStage,
-        fn_constructor_args=(cfg, storage_options),
+        fn_constructor_args=(cfg, storage),
         batch_size=cfg.decode.files_per_batch,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=cfg.decode.concurrency),
@@ -152,21 +153,29 @@ def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str,
 def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = None) -> RunSummary:
     """Run the whole job; returns its summary. The manifest is read and validated before Ray starts.
 
+    Every URI may be a local path, ``file://``, ``s3://`` or another fsspec URL; ``cfg.storage`` (with the
+    ``AWS_ENDPOINT_URL*`` environment, read now) says how to reach them.
+
     Raises:
         ManifestError: the manifest is unreadable or has a bad row (nothing has been transcribed).
+        StorageError: the output cannot be written (missing bucket, access denied...), found before Ray starts;
+            or a part still cannot be written after its retries.
         GpuUnavailableError: the config asks for a GPU the cluster cannot give or a GPU task sees no CUDA
             (a ConfigError: exit code 2; nothing has been transcribed).
     """
     t0 = time.perf_counter()
-    rows = read_manifest(manifest)
+    storage = resolve_storage(cfg.storage)
+    rows = read_manifest(manifest, storage.options_for(manifest))
+    check_output(output, storage)  # a missing bucket or a read-only output stops here, before any work
     run_id = run_id or new_run_id()
     summary = RunSummary(run_id)
     log.info("manifest %s: %d files; output %s; run %s", manifest, len(rows), output, run_id)
     init_ray(cfg)
     summary.ray_start_s = time.perf_counter() - t0
     check_gpu(cfg)  # a GPU config that cannot get a usable GPU stops here (GpuUnavailableError), before any work
-    writer = PartWriter(output, run_id, cfg.output.rows_per_file, cfg.output.compression)
-    ds = build_dataset(cfg, rows, run_id)
+    writer = PartWriter(output, run_id, cfg.output.rows_per_file, cfg.output.compression,
+                        storage.options_for(output), storage.retry)
+    ds = build_dataset(cfg, rows, run_id, storage)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         summary.add(batch)
         for part in writer.write(batch):
@@ -181,7 +190,7 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
         "config": cfg.model_dump(mode="json"),
         "config_fingerprint": config_fingerprint(cfg.model, cfg.decoding, cfg.chunking),
     }
-    write_summary(output, run_id, record)
+    write_summary(output, run_id, record, storage.options_for(output), storage.retry)
     return summary
 
 
@@ -210,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(config_path, args.overrides)
         summary = run_job(cfg, args.manifest, args.output, args.run_id)
-    except (ConfigError, ManifestError) as exc:
+    except (ConfigError, ManifestError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary.render())
