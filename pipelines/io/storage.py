@@ -193,7 +193,8 @@ def resolve_storage(cfg: Optional[StorageConfig] = None, environ: Optional[Mappi
     ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`` is true (as botocore does)."""
     cfg = cfg or StorageConfig()
     env = os.environ if environ is None else environ
-    s3: dict[str, Any] = {}
+    # no listing cache: a long-lived process (a Serve replica) must see objects written after it listed a prefix
+    s3: dict[str, Any] = {"use_listings_cache": False}
     endpoint = cfg.endpoint_url
     if endpoint is None and env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != "true":
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
@@ -223,9 +224,10 @@ def is_object_store(fs) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def _detail(exc: BaseException, path: str) -> str:
+def _detail(exc: BaseException, uri: str) -> str:
+    """``: <message>`` when the storage's message says more than the path (e.g. that the bucket is missing)."""
     message = str(exc).strip()
-    return f": {message}" if message and path not in message else ""
+    return f": {message}" if message and message not in uri and uri not in message else ""
 
 
 def read_audio_bytes(uri: str, storage_options: Optional[dict] = None,
