@@ -415,6 +415,10 @@ class ServeDeploymentConfig(_Frozen):
         return self
 
 
+#: Schemes a ``url`` request may use: local files and object stores (never http(s): no server-side fetching).
+URL_INPUT_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
 class ServeURLInputConfig(_Frozen):
     """Transcribing a stored object named by the request's ``url`` form field instead of an upload (Groq's
     OpenAI-compatible API has the same field). Off by default; when on, only URLs under ``allowed_prefixes`` are
@@ -435,6 +439,9 @@ class ServeURLInputConfig(_Frozen):
             scheme, sep, rest = prefix.partition("://")
             if not sep or not scheme or not rest.strip("/"):
                 raise ValueError(f"{prefix!r}: expected 'file:///absolute/dir/' or 's3://bucket/prefix/'")
+            if scheme not in URL_INPUT_SCHEMES:
+                raise ValueError(f"{prefix!r}: the scheme must be one of {', '.join(sorted(URL_INPUT_SCHEMES))} "
+                                 "(the server never fetches http(s) URLs)")
             if scheme == "file" and not rest.startswith("/"):
                 raise ValueError(f"{prefix!r}: a file:// prefix needs an absolute path (file:///srv/audio/)")
             if any(part in (".", "..") for part in rest.split("/")):

@@ -197,6 +197,9 @@ def test_url_allow_list(tmp_path):
     assert info.value.status_code == 403 and info.value.code == "url_input_disabled"
     with pytest.raises(Exception, match="allowed_prefixes"):
         ServeURLInputConfig(enabled=True)
+    for bad in ("https://example.com/audio/", "file://relative/dir", "s3://bucket/../up/", "s3://"):
+        with pytest.raises(Exception, match="allowed_prefixes"):
+            ServeURLInputConfig(enabled=True, allowed_prefixes=(bad,))
 
 
 # ------------------------------------------------------------------------------------- manifests on S3
