@@ -320,8 +320,9 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
                     raise APIError(400, "give either 'file' or 'url', not both", code="invalid_value", param="url")
                 if parsed.url is None:
                     if upload is None:
-                        raise APIError(400, "missing required parameter 'file' (the audio, as a multipart file)",
-                                       code="missing_required_parameter", param="file")
+                        alternative = " or 'url'" if cfg.http.url_input.enabled else ""
+                        raise APIError(400, f"missing required parameter 'file' (the audio, as a multipart file)"
+                                            f"{alternative}", code="missing_required_parameter", param="file")
                     if not isinstance(upload, UploadFile):
                         raise APIError(400, "parameter 'file' must be a file upload, not a text field",
                                        code="invalid_value", param="file")
