@@ -123,10 +123,16 @@ class RayConfig(_Frozen):
     """Where the job runs."""
 
     address: Optional[str] = Field(
-        None, description="Ray address to join ('auto', 'ray://host:10001'); None starts a local Ray."
+        None, description=(
+            "Ray address to join ('auto', 'ray://host:10001'); None joins RAY_ADDRESS if set, else starts a local "
+            "Ray; 'local' always starts a new local Ray."
+        ),
     )
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local Ray started by the job (None: all).")
     include_dashboard: bool = Field(False, description="Start the dashboard with a local Ray.")
+    node_ip_address: Optional[str] = Field(
+        None, description="IP a local Ray started by the job binds to ('127.0.0.1' keeps it on loopback); None: Ray's choice."
+    )
 
 
 class DecodeStageConfig(_Frozen):
@@ -135,6 +141,12 @@ class DecodeStageConfig(_Frozen):
     concurrency: int = Field(1, ge=1, description="Number of decode actors.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode actor.")
     files_per_batch: int = Field(4, ge=1, description="Files per decode call.")
+    max_task_retries: int = Field(
+        3, ge=0, description=(
+            "Times Ray retries a batch whose decode actor died (killed, out of memory, node lost); the actor is "
+            "restarted each time. See transcribe.max_task_retries for what happens after that."
+        ),
+    )
 
 
 class TranscribeStageConfig(_Frozen):
@@ -147,6 +159,14 @@ class TranscribeStageConfig(_Frozen):
     files_per_batch: int = Field(16, ge=1, description="Files handed to an actor per call (their chunks are pooled).")
     batch_size: int = Field(8, ge=1, description="Chunks per model call (encoder + beam search batch).")
     max_retries_per_file: int = Field(1, ge=0, description="Retries of a file alone after its batch failed.")
+    max_task_retries: int = Field(
+        3, ge=0, description=(
+            "Times Ray retries a batch whose transcription actor died (killed, out of memory, node lost); the "
+            "actor is restarted each time. A batch that still fails is dropped and its files are retried one per "
+            "batch; a file that kills its actor every time becomes an error row (WorkerDiedError). Finite, so a "
+            "file that crashes the model cannot keep a job restarting actors forever."
+        ),
+    )
 
 
 class OutputConfig(_Frozen):
@@ -249,6 +269,30 @@ class StorageConfig(_Frozen):
         return self
 
 
+class GuardsConfig(_Frozen):
+    """Limits that turn a hostile or broken input into an error row before it can exhaust memory, and the job's
+    error-rate alarm. (The duration limit is ``chunking.max_audio_duration_s``.)"""
+
+    max_file_bytes: int = Field(
+        4 * 1024**3, ge=1, description=(
+            "Files larger than this become error rows without being read (bytes; default 4 GiB: a 4 h 48 kHz stereo "
+            "16-bit wav is 2.8 GB): local files by their stat, remote objects (s3://...) by their size from the "
+            "storage (a HEAD). A decode actor holds a whole file in memory."
+        ),
+    )
+    min_sample_rate_hz: int = Field(
+        4000, ge=1, description="Streams below this sample rate become error rows (a 100 Hz 'wav' upsamples 160x)."
+    )
+    max_sample_rate_hz: int = Field(384000, ge=1, description="Streams above this sample rate become error rows.")
+    max_channels: int = Field(64, ge=1, description="Streams with more channels than this become error rows.")
+    max_error_rate: Optional[float] = Field(
+        None, ge=0, le=1, description=(
+            "Fail the job (summary in capitals, exit code 3) when more than this fraction of the manifest's rows "
+            "are error rows after the run; None: off."
+        ),
+    )
+
+
 class JobConfig(_Frozen):
     """The whole batch job: every setting ``python -m pipelines.transcribe`` uses."""
 
@@ -259,6 +303,7 @@ class JobConfig(_Frozen):
     decode: DecodeStageConfig = Field(default_factory=DecodeStageConfig)
     transcribe: TranscribeStageConfig = Field(default_factory=TranscribeStageConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = Field(True, description="Show Ray Data progress bars and a line per written part.")
 
@@ -276,6 +321,19 @@ def config_fingerprint(model: ModelConfig, decoding: DecodingConfig, chunking: C
         "chunking": chunking.model_dump(mode="json", exclude={"max_audio_duration_s"}),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def row_fingerprint(job_fingerprint: str, language: Optional[str] = None, prompt: Optional[str] = None) -> str:
+    """The fingerprint recorded on one output row: the job's :func:`config_fingerprint`, folded with the row's own
+    ``language`` and ``prompt`` from the manifest when it has them (they change the text too).
+
+    Returns:
+        ``job_fingerprint`` itself for a row with neither; else 16 hex characters.
+    """
+    if language is None and prompt is None:
+        return job_fingerprint
+    blob = json.dumps([job_fingerprint, language, prompt], separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

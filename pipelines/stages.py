@@ -4,6 +4,8 @@ shape Ray Data's ``map_batches`` takes for actor pools. They import no Ray and a
 - :class:`DecodeChunkStage` (CPU): manifest rows -> decoded, VAD-chunked files (:data:`CHUNKED_SCHEMA`).
 - :class:`TranscribeStage` (GPU or CPU): chunked files -> transcript rows (``TRANSCRIPT_SCHEMA``). The chunks of
   all files in a batch are pooled and transcribed together (cross-file batching), then stitched per file.
+- :class:`HashStage` (CPU, before the job plans what to do): manifest rows -> the SHA-256 of each file, the key
+  that resume and the reuse of identical audio go by.
 
 A file that fails in either stage becomes an error row; the batch goes on.
 """
@@ -12,14 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import posixpath
 import time
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import JobConfig, config_fingerprint
-from pipelines.core.audio import decode_audio
+from pipelines.config import JobConfig, config_fingerprint, row_fingerprint
+from pipelines.core.audio import SourceLimits, decode_audio
 from pipelines.core.chunking import chunk_audio, slice_chunk
 from pipelines.core.errors import AudioDecodeError
 from pipelines.core.schema import (
@@ -88,6 +91,8 @@ class DecodeChunkStage:
     def __init__(self, cfg: JobConfig, storage: Optional[Storage] = None):
         self.cfg = cfg
         self.storage = storage or resolve_storage(cfg.storage)
+        g = cfg.guards
+        self.limits = SourceLimits(g.min_sample_rate_hz, g.max_sample_rate_hz, g.max_channels)
 
     def process(self, row: dict) -> dict:
         """Decode and chunk one manifest row (see the class doc); never raises for a bad file."""
@@ -95,9 +100,10 @@ class DecodeChunkStage:
         ck = self.cfg.chunking
         t0 = time.perf_counter()
         try:
-            data = self.storage.read(row["uri"])
+            data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
             out["sha256"] = data.sha256
-            audio = decode_audio(data.content, ck.sample_rate, ck.max_audio_duration_s, name=row["audio_filepath"])
+            audio = decode_audio(data.content, ck.sample_rate, ck.max_audio_duration_s, name=row["audio_filepath"],
+                                 limits=self.limits)
         except AudioDecodeError as exc:
             out.update(error_type=type(exc).__name__, error_message=str(exc), decode_s=time.perf_counter() - t0)
             return out
@@ -149,6 +155,7 @@ class TranscribeStage:
                 samples=np.frombuffer(blob, dtype="<f4"),
                 language=row.get("language"),
                 prompt=row.get("prompt"),
+                pack_group=posixpath.dirname(row["audio_filepath"]),
             )
             for i, (offset, blob) in enumerate(zip(row.get("chunk_offsets_s") or [], row.get("chunk_samples") or []))
         ]
@@ -204,7 +211,7 @@ class TranscribeStage:
             "num_chunks": len(row.get("chunk_offsets_s") or []),
             "model": self.cfg.model.name,
             "compute_type": self.cfg.model.compute_type,
-            "config_fingerprint": self.fingerprint,
+            "config_fingerprint": row_fingerprint(self.fingerprint, row.get("language"), row.get("prompt")),
             "run_id": self.run_id,
             "schema_version": SCHEMA_VERSION,
             "decode_s": row.get("decode_s"),
@@ -227,3 +234,30 @@ class TranscribeStage:
             segments=[seg.to_dict() for seg in transcript.segments],
         )
         return out
+
+
+#: Output of the hash stage: one row per manifest row; ``sha256`` is null where the file cannot be read (the
+#: decode stage then writes the error row and its reason).
+HASHED_SCHEMA = pa.schema([("id", pa.string()), ("sha256", pa.string()), ("error_message", pa.string())])
+
+
+class HashStage:
+    """The SHA-256 of each manifest row's file, read in blocks (never whole); the same value and the same refusals
+    as the decode stage's read, so a row's key is the same on both paths.
+
+    ``storage`` is how inputs are read (fsspec options per protocol, the same retries as the decode stage); the job
+    resolves it once in the driver. None: resolved here from ``cfg.storage`` and this process's environment.
+    """
+
+    def __init__(self, cfg: JobConfig, storage: Optional[Storage] = None):
+        self.max_bytes = cfg.guards.max_file_bytes
+        self.storage = storage or resolve_storage(cfg.storage)
+
+    def __call__(self, batch) -> pa.Table:
+        out = []
+        for row in _rows(batch):
+            try:
+                out.append({"id": row["id"], "sha256": self.storage.hash(row["uri"], self.max_bytes)})
+            except Exception as exc:  # noqa: BLE001 - unreadable here means unreadable in the decode stage too
+                out.append({"id": row["id"], "sha256": None, "error_message": str(exc)})
+        return pa.Table.from_pylist(out, schema=HASHED_SCHEMA)

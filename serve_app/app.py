@@ -123,7 +123,8 @@ def prepare_job(data: bytes, filename: str, request: TranscriptionRequest, cfg: 
     chunks = tuple(
         Chunk(key=key, index=i, offset_s=span.offset_s,
               samples=np.ascontiguousarray(slice_chunk(audio.samples, span, ck.sample_rate)),
-              language=request.language, prompt=request.prompt)
+              language=request.language, prompt=request.prompt,
+              pack_group=key)  # never share a window with another caller's audio
         for i, span in enumerate(chunk_audio(audio.samples, ck))
     )
     return TranscriptionJob(key=key, duration_s=audio.duration_s, chunks=chunks,

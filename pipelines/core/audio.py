@@ -14,7 +14,7 @@ from typing import BinaryIO, Union
 import av
 import numpy as np
 
-from pipelines.core.errors import AudioDecodeError, AudioTooLongError
+from pipelines.core.errors import AudioDecodeError, AudioLimitError, AudioTooLongError
 
 SAMPLE_RATE = 16000  # Hz, Whisper's input rate
 #: A file whose container says it lasts longer than this fraction more than what decodes is called truncated.
@@ -42,10 +42,43 @@ class AudioArray:
         return self.samples.shape[0] / self.sample_rate
 
 
+@dataclass(frozen=True)
+class SourceLimits:
+    """What an input stream may be before it is decoded (the job's ``guards``); ``None`` leaves a bound off."""
+
+    min_sample_rate_hz: int | None = None
+    max_sample_rate_hz: int | None = None
+    max_channels: int | None = None
+
+
+def check_source_limits(label: str, sample_rate_hz: int, channels: int, limits: SourceLimits | None) -> None:
+    """Refuse a stream whose sample rate or channel count is outside ``limits`` (0 means not known yet: passes).
+
+    Raises:
+        AudioLimitError: naming the value and the limit (``guards.*``) it breaks.
+    """
+    if limits is None:
+        return
+    if sample_rate_hz and limits.min_sample_rate_hz and sample_rate_hz < limits.min_sample_rate_hz:
+        raise AudioLimitError(f"{label}: sample rate {sample_rate_hz} Hz is below the limit of "
+                              f"{limits.min_sample_rate_hz} Hz (guards.min_sample_rate_hz)")
+    if sample_rate_hz and limits.max_sample_rate_hz and sample_rate_hz > limits.max_sample_rate_hz:
+        raise AudioLimitError(f"{label}: sample rate {sample_rate_hz} Hz is above the limit of "
+                              f"{limits.max_sample_rate_hz} Hz (guards.max_sample_rate_hz)")
+    if channels and limits.max_channels and channels > limits.max_channels:
+        raise AudioLimitError(f"{label}: {channels} channels, above the limit of {limits.max_channels} "
+                              "(guards.max_channels)")
+
+
+def format_duration(seconds: float) -> str:
+    """``'4.00 h'`` from an hour up, else ``'90.0 s'`` (for messages)."""
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.1f} s"
+
+
 def _declared_duration_s(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
+    if stream.duration and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    if container.duration is not None:
+    if container.duration:  # None or 0: not known (NUT, live Matroska, pipes)
         return container.duration / av.time_base
     return None
 
@@ -79,6 +112,7 @@ def decode_audio(
     sample_rate: int = SAMPLE_RATE,
     max_duration_s: float | None = None,
     name: str | None = None,
+    limits: SourceLimits | None = None,
 ) -> AudioArray:
     """Decode the first audio stream of ``source`` (path, bytes or binary file object) to mono ``sample_rate``.
 
@@ -88,8 +122,12 @@ def decode_audio(
     Args:
         source: a local path, the file's bytes, or a binary file object.
         sample_rate: output rate in Hz (16000 for Whisper).
-        max_duration_s: refuse files whose container declares a longer duration, before decoding (guards memory).
+        max_duration_s: refuse files whose container declares a longer duration, before decoding; where the
+            container declares none, stop decoding once the output passes it by a second (guards memory: at most
+            ``max_duration_s + 1`` seconds of float32 samples are ever held).
         name: how to name the input in error messages (defaults to the path).
+        limits: refuse streams whose sample rate or channel count is outside these, before decoding (and again on
+            the first decoded frame, for containers that only say then).
 
     Returns:
         :class:`AudioArray` with float32 samples, shape (n_samples,).
@@ -98,7 +136,9 @@ def decode_audio(
         AudioDecodeError: missing or empty input, a directory, unreadable (permissions), not audio, no audio
             stream, a decode error, a file that ends before its header says it should (truncated), or NaN/inf
             samples.
-        AudioTooLongError: the declared duration is above ``max_duration_s``.
+        AudioTooLongError: the declared duration is above ``max_duration_s``, or the decoded one (no declared
+            duration) passes it.
+        AudioLimitError: the sample rate or channel count is outside ``limits``.
     """
     label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
     if isinstance(source, (bytes, bytearray)):
@@ -133,10 +173,11 @@ def decode_audio(
         stream = container.streams.audio[0]
         source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
         source_channels = int(stream.codec_context.channels or 0)
+        check_source_limits(label, source_rate, source_channels, limits)
         declared_s = _declared_duration_s(container, stream)
         if max_duration_s is not None and declared_s is not None and declared_s > max_duration_s:
             raise AudioTooLongError(
-                f"{label}: {declared_s / 3600:.2f} h long, above the limit of {max_duration_s / 3600:.2f} h "
+                f"{label}: {format_duration(declared_s)} long, above the limit of {format_duration(max_duration_s)} "
                 "(chunking.max_audio_duration_s)"
             )
         max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate) + sample_rate
@@ -145,22 +186,29 @@ def decode_audio(
         n_samples = 0
         try:
             for frame in container.decode(stream):
+                if not pieces:
+                    check_source_limits(label, frame.sample_rate, frame.layout.nb_channels, limits)
                 frame.pts = None  # let the resampler run on sample counts, not possibly broken timestamps
                 for out in resampler.resample(frame):
                     piece = out.to_ndarray().reshape(-1)
                     pieces.append(piece)
                     n_samples += piece.shape[0]
                 if max_samples is not None and n_samples > max_samples:
+                    said = "declares no duration" if declared_s is None else f"declares {format_duration(declared_s)}"
                     raise AudioTooLongError(
-                        f"{label}: decodes to more than {max_duration_s / 3600:.2f} h "
-                        "(chunking.max_audio_duration_s); stopped decoding"
+                        f"{label}: the container {said} but it decodes to more than "
+                        f"{format_duration(max_duration_s)} (chunking.max_audio_duration_s); stopped decoding"
                     )
             for out in resampler.resample(None):
                 pieces.append(out.to_ndarray().reshape(-1))
         except AudioDecodeError:
             raise
         except (av.error.FFmpegError, ValueError, MemoryError) as exc:
-            raise AudioDecodeError(f"{label}: decoding failed after {n_samples / sample_rate:.2f} s ({exc})") from exc
+            done_s = n_samples / sample_rate
+            if declared_s is not None and declared_s - done_s > max(TRUNCATION_MIN_S, TRUNCATION_TOLERANCE * declared_s):
+                raise AudioDecodeError(f"{label}: truncated or corrupt: decoding failed after {done_s:.2f} s of the "
+                                       f"{declared_s:.2f} s the header declares ({exc})") from exc
+            raise AudioDecodeError(f"{label}: decoding failed after {done_s:.2f} s ({exc})") from exc
 
     samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
     decoded_s = samples.shape[0] / sample_rate

@@ -24,8 +24,18 @@ class AudioTooLongError(AudioDecodeError):
     """An input is longer than the configured limit (``chunking.max_audio_duration_s``)."""
 
 
+class AudioLimitError(AudioDecodeError):
+    """An input is outside the configured guards (``guards.*``): a file too large to read, a sample rate or channel
+    count outside what is sane. Refused before it is decoded, so it cannot exhaust memory."""
+
+
 class TranscriptionError(RaywhisperError):
     """The model failed on a chunk of an otherwise decodable file."""
+
+
+class WorkerDiedError(RaywhisperError):
+    """The worker process handling a file died on every attempt (killed, out of memory, a crash in a native
+    library, its node lost), also when the file was retried in a batch of its own."""
 
 
 class ModelLoadError(RaywhisperError):

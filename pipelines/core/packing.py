@@ -4,8 +4,7 @@ Whisper's encoder always runs on a 30 s window, so a 3 s clip costs as much as a
 most of the work (tiny.en int8, 2 threads: ~0.26 s a window whatever the batch size). Packing several short chunks,
 separated by ``gap_s`` of silence, into one window divides that cost by the number packed.
 
-The window's words (from cross-attention alignment) are assigned back to the chunk whose span holds the word's
-midpoint; each window segment is split where its words change chunk, and times are shifted to chunk time.
+The window's words (from cross-attention alignment) are assigned back to the chunk whose span they overlap most; each window segment is split where its words change chunk, and times are shifted to chunk time.
 """
 
 from __future__ import annotations
@@ -70,14 +69,24 @@ def build_window(members: Sequence[int], pieces: Sequence[np.ndarray], gap_s: fl
     return PackedWindow(tuple(members), tuple(starts), tuple(durations), np.concatenate(parts))
 
 
-def _owner(t: float, window: PackedWindow) -> int:
-    """Position in ``window.members`` of the chunk nearest to time ``t`` (inside it, else the closest edge)."""
-    best, best_dist = 0, float("inf")
-    for k, (start, dur) in enumerate(zip(window.starts_s, window.durations_s)):
-        dist = 0.0 if start <= t <= start + dur else min(abs(t - start), abs(t - start - dur))
-        if dist < best_dist:
-            best, best_dist = k, dist
-    return best
+def _owner(start: float, end: float, window: PackedWindow) -> int:
+    """Position in ``window.members`` of the chunk that a span ``[start, end]`` (window time) belongs to: the one it
+    overlaps most; a span that lies wholly in a gap goes to the chunk whose edge is nearest its midpoint.
+
+    Overlap, not the midpoint, decides because cross-attention timing tends to stretch a chunk's first or last word
+    into the silent gap beside it.
+    """
+    best, best_overlap = 0, 0.0
+    for k, (s, d) in enumerate(zip(window.starts_s, window.durations_s)):
+        overlap = min(end, s + d) - max(start, s)
+        if overlap > best_overlap:
+            best, best_overlap = k, overlap
+    if best_overlap > 0:
+        return best
+    mid = (start + end) / 2
+    distances = [0.0 if s <= mid <= s + d else min(abs(mid - s), abs(mid - s - d))
+                 for s, d in zip(window.starts_s, window.durations_s)]
+    return distances.index(min(distances))
 
 
 def split_window(segments: Sequence[Segment], window: PackedWindow) -> list[list[Segment]]:
@@ -101,13 +110,13 @@ def split_window(segments: Sequence[Segment], window: PackedWindow) -> list[list
 
     for seg in segments:
         if not seg.words:
-            k = _owner((seg.start + seg.end) / 2, window)
+            k = _owner(seg.start, seg.end, window)
             emit(k, seg, [], seg.text, seg.start, seg.end)
             continue
         run: list[Word] = []
         run_owner = None
         for word in seg.words:
-            k = _owner((word.start + word.end) / 2, window)
+            k = _owner(word.start, word.end, window)
             if run and k != run_owner:
                 emit(run_owner, seg, run, "".join(w.word for w in run), run[0].start, run[-1].end)
                 run = []

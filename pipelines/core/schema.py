@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 #: Bumped on any change to :data:`TRANSCRIPT_SCHEMA` (major: a field removed or retyped; minor: a field added).
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: duplicate_of
 
 STATUS_OK = "ok"
 STATUS_EMPTY = "empty"
@@ -113,6 +113,9 @@ TRANSCRIPT_SCHEMA = pa.schema(
         ("compute_type", pa.string()),
         ("config_fingerprint", pa.string()),
         ("run_id", pa.string()),
+        # The id of the row whose transcript this row copies (identical audio, same fingerprint); null when the
+        # audio was transcribed for this row.
+        ("duplicate_of", pa.string()),
         ("schema_version", pa.string()),
         ("decode_s", pa.float64()),
         ("vad_s", pa.float64()),

@@ -16,7 +16,7 @@ from pipelines.core.transcriber import ChunkResult
 
 
 def _clip(value: float, low: float, high: float) -> float:
-    return round(min(max(value, low), high), 3)
+    return min(max(round(value, 3), low), high)
 
 
 def stitch_file(results: Iterable[ChunkResult], duration_s: float, language: str | None = None,

@@ -41,7 +41,9 @@ class Chunk:
 
     ``samples``: float32, shape (n_samples,), 16 kHz mono, at most 30 s. ``key`` names the file it came from and
     ``index`` its place in that file; ``offset_s`` is where it starts in the file (seconds). ``language`` and
-    ``prompt`` override the config's for this chunk's file.
+    ``prompt`` override the config's for this chunk's file. Chunks are packed into shared windows only with chunks
+    of the same ``pack_group`` (the job uses the file's folder: same source, same speakers; None packs with
+    any other None).
     """
 
     key: str
@@ -50,6 +52,7 @@ class Chunk:
     samples: np.ndarray
     language: Optional[str] = None
     prompt: Optional[str] = None
+    pack_group: Optional[str] = None
 
     @property
     def duration_s(self) -> float:
@@ -186,10 +189,11 @@ class Transcriber:
         Work goes in rounds. Each round decodes every pending piece once: with ``decoding.pack_short_chunks``,
         short pieces sharing a language and prompt are packed into shared 30 s windows (see
         :mod:`pipelines.core.packing`) and their words split back per piece. As in ``WhisperModel.transcribe``, a
-        decode that stops at a timestamp before the end of its audio (an unfinished last segment) is resumed from
-        that timestamp: the rest becomes a pending piece of the next round, where such remainders, mostly a few
-        seconds, are packed together instead of each paying for a 30 s window. A packed piece that got no words
-        at all is decoded alone in the next round, so packing never turns speech into an empty transcript.
+        decode of a piece alone that stops at a timestamp before the end of its audio (an unfinished last
+        segment) is resumed from that timestamp in the next round, conditioned on the text so far. When a packed
+        window stops early, the pieces it did not finish are packed again whole in the next round (alone if the
+        window finished none). A packed piece that got no words at all is decoded alone in the next round, so
+        packing never turns speech into an empty transcript.
 
         ``decoding`` overrides the transcriber's decoding options for this call only (the Serve endpoint's
         per-request ``temperature``, ``language``...).
@@ -232,10 +236,10 @@ class Transcriber:
         for k, p in enumerate(pending):
             language = languages[chunks[p.origin].key][0]
             if opts.pack_short_chunks and not p.solo and p.samples.shape[0] <= opts.pack_max_chunk_s * 16000:
-                groups.setdefault((language, tuple(p.context)), []).append(k)
+                groups.setdefault((language, tuple(p.context), chunks[p.origin].pack_group), []).append(k)
             else:
                 items.append((Chunk(str(k), 0, 0.0, p.samples, language), None, [k]))
-        for (language, _), members in groups.items():
+        for (language, _, _), members in groups.items():
             for plan in plan_windows([pending[k].samples.shape[0] / 16000 for k in members], N_FRAMES / 100,
                                      opts.pack_gap_s):
                 idx = [members[j] for j in plan]
@@ -271,19 +275,23 @@ class Transcriber:
                 per_member, starts, durations = [segments], [0.0], [item_chunk.duration_s]
             else:
                 per_member, starts, durations = split_window(segments, window), window.starts_s, window.durations_s
-            for k, segs, start, dur in zip(idx, per_member, starts, durations):
+            for position, (k, segs, start, dur) in enumerate(zip(idx, per_member, starts, durations)):
                 p = pending[k]
+                unfinished = seek_s is not None and seek_s < start + dur
+                if window is not None and unfinished:
+                    # The window's decode stopped before this piece's end: decode the whole piece again in the
+                    # next round rather than resume mid-sentence without the text before it (which makes tiny
+                    # models invent a first word). Alone if nothing of the window finished before it.
+                    following.append(_Pending(p.origin, p.start_s, p.samples, p.solo or position == 0, p.context))
+                    continue
                 collected[p.origin].extend(_shift(s, p.start_s) for s in segs)
-                if seek_s is not None and seek_s < start + dur:
+                if unfinished:
+                    # a piece decoded alone resumes at the stop, conditioned on its text so far
+                    # (WhisperModel.transcribe's condition_on_previous_text)
                     done_s = max(0.0, seek_s - start)
                     rest = p.samples[int(round(done_s * 16000)):]
                     if rest.shape[0] >= MIN_REMAINDER_SAMPLES:
-                        # a piece decoded alone resumes conditioned on its text so far (WhisperModel.transcribe's
-                        # condition_on_previous_text); a packed one resumes with its prompt only, so it can be
-                        # packed again with other remainders
-                        context = follow.context if window is None else \
-                            self._initial_context(chunks[p.origin], languages[chunks[p.origin].key][0], opts)
-                        following.append(_Pending(p.origin, p.start_s + done_s, rest, p.solo, context))
+                        following.append(_Pending(p.origin, p.start_s + done_s, rest, True, follow.context))
                 elif window is not None and not segs:
                     following.append(_Pending(p.origin, p.start_s, p.samples, True, p.context))
         return following

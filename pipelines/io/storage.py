@@ -5,14 +5,19 @@ bytes with retries, write output files atomically, check an output location befo
   protocol (the S3 endpoint from the config, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, read when it
   is called, never at import) and a :class:`RetryPolicy`. It holds no credentials: those are found by the client
   the standard way (environment, profile, instance role) in whichever process reads or writes.
-- :func:`read_audio_bytes`: a whole input and its SHA-256. Transient errors (connection refused/reset, timeouts,
-  throttling, 5xx) are retried with exponential backoff (tenacity) on top of botocore's own per-request retries;
-  a missing object, access denied, a directory or an empty file fail at once.
+- :func:`read_audio_bytes`: a whole input and its SHA-256; :func:`hash_source`: the same SHA-256 read in blocks of
+  :data:`HASH_BLOCK_BYTES` (the job's hash pass, never a whole file in memory). Transient errors (connection
+  refused/reset, timeouts, throttling, 5xx) are retried with exponential backoff (tenacity) on top of botocore's
+  own per-request retries; a missing object, access denied, a directory or an empty file fail at once.
 - :func:`write_atomic`: a reader never sees a half-written file. On object stores (S3...) the final key is
   written by one PUT (or one multipart upload), which makes the object appear whole or not at all; a rename
   there would be a copy plus a delete. Elsewhere the data goes to a temporary name and is then renamed.
 
-The SHA-256 of the source bytes is the content key of a row (``sha256``), used for resume.
+The SHA-256 of the source bytes is the content key of a row (``sha256``), used for resume. Both readers refuse
+what would hang or exhaust memory before opening it: a local directory, FIFO or device (reading a FIFO blocks
+forever, ``/dev/zero`` never ends), a file or object above ``max_bytes`` (local files by ``stat``, remote objects
+by their size from ``fs.info``, a HEAD on S3; and while reading, should it grow in between), a remote "directory"
+(a key prefix).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import http.client
 import logging
 import os
 import posixpath
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,7 +38,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.config import StorageConfig, StorageRetryConfig
-from pipelines.core.errors import AudioDecodeError, StorageError
+from pipelines.core.errors import AudioDecodeError, AudioLimitError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ RETRYABLE_CODES = frozenset({
     "RequestLimitExceeded", "TooManyRequests", "TooManyRequestsException", "RequestTimeout",
     "RequestTimeoutException", "InternalError", "ServiceUnavailable", "ProvisionedThroughputExceededException",
 })
+#: Bytes per read while hashing (the hash pass never holds a whole file).
+HASH_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -182,9 +190,13 @@ class Storage:
         """The S3 endpoint in use (None: AWS's own), for logs."""
         return self.options.get("s3", {}).get("endpoint_url")
 
-    def read(self, uri: str) -> SourceBytes:
+    def read(self, uri: str, max_bytes: Optional[int] = None) -> SourceBytes:
         """:func:`read_audio_bytes` with this storage's options and retries."""
-        return read_audio_bytes(uri, self.options_for(uri), self.retry)
+        return read_audio_bytes(uri, self.options_for(uri), self.retry, max_bytes)
+
+    def hash(self, uri: str, max_bytes: Optional[int] = None) -> str:
+        """:func:`hash_source` with this storage's options and retries."""
+        return hash_source(uri, self.options_for(uri), self.retry, max_bytes)
 
 
 def resolve_storage(cfg: Optional[StorageConfig] = None, environ: Optional[Mapping[str, str]] = None) -> Storage:
@@ -230,19 +242,88 @@ def _detail(exc: BaseException, uri: str) -> str:
     return f": {message}" if message and message not in uri and uri not in message else ""
 
 
-def read_audio_bytes(uri: str, storage_options: Optional[dict] = None,
-                     retry: Optional[RetryPolicy] = None) -> SourceBytes:
+def _local(uri: str) -> Optional[str]:
+    """The local path of ``uri``, or None for a remote URL."""
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return None if "://" in path else path
+
+
+def _too_large(uri: str, size: Optional[int], max_bytes: int) -> AudioLimitError:
+    if size is None:
+        return AudioLimitError(f"{uri}: larger than the limit of {max_bytes / 1e9:.2f} GB (guards.max_file_bytes)")
+    return AudioLimitError(f"{uri}: {size / 1e9:.2f} GB, above the limit of {max_bytes / 1e9:.2f} GB "
+                           "(guards.max_file_bytes)")
+
+
+def _check_local(uri: str, path: str, max_bytes: Optional[int]) -> None:
+    """Refuse, before opening it, a local path that is missing, not a regular file (a read of a FIFO blocks
+    forever, a device may never end) or larger than ``max_bytes``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise AudioDecodeError(f"{uri}: no such file") from exc
+    except PermissionError as exc:
+        raise AudioDecodeError(f"{uri}: permission denied") from exc
+    except OSError as exc:
+        raise AudioDecodeError(f"{uri}: cannot be read ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioDecodeError(f"{uri}: is a directory, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        raise AudioDecodeError(f"{uri}: is {kind}, not a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise _too_large(uri, st.st_size, max_bytes)
+
+
+def _check_remote(fs, path: str, uri: str, max_bytes: Optional[int]) -> Optional[int]:
+    """The size of a remote object from ``fs.info`` (a HEAD on S3), after refusing a "directory" (a key prefix)
+    and an object above ``max_bytes`` without reading it. Storage errors propagate (the caller retries)."""
+    info = fs.info(path)
+    if info.get("type") == "directory":
+        raise IsADirectoryError(path)
+    size = info.get("size")
+    if max_bytes is not None and size is not None and size > max_bytes:
+        raise _too_large(uri, size, max_bytes)
+    return size
+
+
+def _read_error(uri: str, exc: BaseException, is_url: bool, tries: int, t0: float) -> AudioDecodeError:
+    """The :class:`AudioDecodeError` for a read of ``uri`` that failed with ``exc`` (after the retries)."""
+    where = uri[len("file://"):] if uri.startswith("file://") else uri
+    if isinstance(exc, FileNotFoundError):
+        return AudioDecodeError(f"{uri}: no such file (not found{_detail(exc, where) if is_url else ''})")
+    if isinstance(exc, PermissionError):
+        return AudioDecodeError(f"{uri}: permission denied (access denied{_detail(exc, where) if is_url else ''})")
+    if isinstance(exc, IsADirectoryError):
+        return AudioDecodeError(f"{uri}: is a directory, not an audio file")
+    if isinstance(exc, ImportError):  # e.g. s3fs not installed
+        return AudioDecodeError(f"{uri}: cannot be read ({exc})")
+    if is_transient(exc):
+        return AudioDecodeError(f"{uri}: storage unavailable after {tries} tries over {time.monotonic() - t0:.0f} s "
+                                f"({type(exc).__name__}: {exc})")
+    return AudioDecodeError(f"{uri}: cannot be read ({type(exc).__name__}: {exc})")
+
+
+def read_audio_bytes(uri: str, storage_options: Optional[dict] = None, retry: Optional[RetryPolicy] = None,
+                     max_bytes: Optional[int] = None) -> SourceBytes:
     """Read a whole input file (local path, ``file://`` or any fsspec URL), retrying transient errors.
 
+    Args:
+        uri: local path, ``file://`` or any fsspec URL.
+        storage_options: fsspec options for its filesystem.
+        retry: retries on transient errors (default: ``RetryPolicy()``).
+        max_bytes: refuse larger files: checked before reading (``stat`` locally, ``fs.info`` remotely) and while
+            reading (at most ``max_bytes + 1`` bytes are ever read).
+
     Raises:
-        AudioDecodeError: the path does not exist ("no such file (not found)"), is a directory, is empty, access
-            is denied, or it still cannot be read after the retries; the message names the URI and the reason,
-            and the storage error is its cause.
+        AudioDecodeError: the path does not exist ("no such file"), is a directory, a FIFO or device, is empty,
+            access is denied, or it still cannot be read after the retries; the message names the URI and the
+            reason, and the storage error is its cause.
+        AudioLimitError: the file is larger than ``max_bytes``.
     """
-    local = uri[len("file://"):] if uri.startswith("file://") else uri
-    is_url = "://" in local
-    if not is_url and os.path.isdir(local):
-        raise AudioDecodeError(f"{uri}: is a directory, not an audio file")
+    local = _local(uri)
+    if local is not None:
+        _check_local(uri, local, max_bytes)
     retry = retry or RetryPolicy()
     tries = 0
     t0 = time.monotonic()
@@ -250,29 +331,67 @@ def read_audio_bytes(uri: str, storage_options: Optional[dict] = None,
     def attempt() -> bytes:
         nonlocal tries
         tries += 1
-        fs, path = url_to_fs(local, **(storage_options or {}))
-        return fs.cat_file(path)
+        fs, path = url_to_fs(local or uri, **(storage_options or {}))
+        if local is None and _check_remote(fs, path, uri, max_bytes) == 0:
+            return b""
+        if max_bytes is None:
+            return fs.cat_file(path)
+        return fs.cat_file(path, start=0, end=max_bytes + 1)  # a ranged GET: never more than the limit + 1
 
     try:
         content = retry.call(attempt, uri)
-    except FileNotFoundError as exc:
-        raise AudioDecodeError(f"{uri}: no such file (not found{_detail(exc, local) if is_url else ''})") from exc
-    except PermissionError as exc:
-        raise AudioDecodeError(f"{uri}: permission denied (access denied{_detail(exc, local) if is_url else ''})") \
-            from exc
-    except IsADirectoryError as exc:
-        raise AudioDecodeError(f"{uri}: is a directory, not an audio file") from exc
-    except ImportError as exc:  # e.g. s3fs not installed
-        raise AudioDecodeError(f"{uri}: cannot be read ({exc})") from exc
+    except AudioDecodeError:  # a refusal of our own (the size limit)
+        raise
     except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors are not OSErrors
-        if is_transient(exc):
-            raise AudioDecodeError(
-                f"{uri}: storage unavailable after {tries} tries over {time.monotonic() - t0:.0f} s "
-                f"({type(exc).__name__}: {exc})") from exc
-        raise AudioDecodeError(f"{uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise _read_error(uri, exc, local is None, tries, t0) from exc
+    if max_bytes is not None and len(content) > max_bytes:  # it grew after the size check
+        raise _too_large(uri, None, max_bytes)
     if not content:
         raise AudioDecodeError(f"{uri}: file is empty (0 bytes)")
     return SourceBytes(content, hashlib.sha256(content).hexdigest())
+
+
+def hash_source(uri: str, storage_options: Optional[dict] = None, retry: Optional[RetryPolicy] = None,
+                max_bytes: Optional[int] = None) -> str:
+    """The hex SHA-256 of an input's bytes, read in blocks of :data:`HASH_BLOCK_BYTES` (never the whole file at
+    once): the same value :func:`read_audio_bytes` gives, with the same options, retries and refusals (so a file
+    that cannot be read has no hash on either path). A transient error restarts the hash from the first byte.
+
+    Raises:
+        AudioDecodeError, AudioLimitError: as :func:`read_audio_bytes`.
+    """
+    local = _local(uri)
+    if local is not None:
+        _check_local(uri, local, max_bytes)
+    retry = retry or RetryPolicy()
+    tries = 0
+    t0 = time.monotonic()
+
+    def attempt() -> tuple[str, int]:
+        nonlocal tries
+        tries += 1
+        fs, path = url_to_fs(local or uri, **(storage_options or {}))
+        if local is None and _check_remote(fs, path, uri, max_bytes) == 0:
+            return "", 0
+        digest = hashlib.sha256()
+        size = 0
+        with fs.open(path, "rb") as f:
+            while block := f.read(HASH_BLOCK_BYTES):
+                digest.update(block)
+                size += len(block)
+                if max_bytes is not None and size > max_bytes:  # it grew after the size check
+                    raise _too_large(uri, None, max_bytes)
+        return digest.hexdigest(), size
+
+    try:
+        hexdigest, size = retry.call(attempt, uri)
+    except AudioDecodeError:  # a refusal of our own (size limit...)
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors are not OSErrors
+        raise _read_error(uri, exc, local is None, tries, t0) from exc
+    if not size:
+        raise AudioDecodeError(f"{uri}: file is empty (0 bytes)")
+    return hexdigest
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -306,6 +425,52 @@ def write_atomic(fs, path: str, data: bytes, retry: Optional[RetryPolicy] = None
     except Exception as exc:  # noqa: BLE001 - wrap whatever the filesystem raised
         reason = "access denied" if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}"
         raise StorageError(f"{path}: cannot be written ({reason})") from exc
+
+
+def move_file(fs, src: str, dest: str, retry: Optional[RetryPolicy] = None) -> None:
+    """Move one file of ``fs`` from ``src`` to ``dest`` (paths without protocol), never losing it.
+
+    Object stores have no rename: the object is copied (a server-side copy, which makes ``dest`` appear whole or
+    not at all), then ``src`` is deleted, each step retried on transient errors. A process killed between the two
+    leaves the object in both places, never in neither: callers must (and the output folder does) treat a
+    leftover ``src`` as still current. Elsewhere: one rename.
+
+    Raises:
+        StorageError: still failing after the retries, or refused; the cause is the storage error.
+    """
+    retry = retry or RetryPolicy()
+    try:
+        if is_object_store(fs):
+            retry.call(lambda: fs.copy(src, dest), f"copy {src} -> {dest}")
+            retry.call(lambda: fs.rm_file(src), f"delete {src}")  # idempotent: a retried DELETE of a gone key is fine
+        else:
+            def attempt() -> None:
+                fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+                fs.mv(src, dest)
+            retry.call(attempt, f"move {src} -> {dest}")
+    except Exception as exc:  # noqa: BLE001 - wrap whatever the filesystem raised
+        reason = "access denied" if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}"
+        raise StorageError(f"{src}: cannot be moved to {dest} ({reason})") from exc
+
+
+def remove_file(fs, path: str, retry: Optional[RetryPolicy] = None) -> None:
+    """Delete one file of ``fs`` (retried on transient errors; already gone is fine).
+
+    Raises:
+        StorageError: still failing after the retries, or refused.
+    """
+    retry = retry or RetryPolicy()
+
+    def attempt() -> None:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+    try:
+        retry.call(attempt, f"delete {path}")
+    except Exception as exc:  # noqa: BLE001 - wrap whatever the filesystem raised
+        reason = "access denied" if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}"
+        raise StorageError(f"{path}: cannot be deleted ({reason})") from exc
 
 
 def check_output(output_uri: str, storage: Optional[Storage] = None, probe_name: str = "write-probe") -> None:
