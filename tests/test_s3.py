@@ -313,15 +313,17 @@ def test_job_on_s3_matches_a_local_run(s3, job_config, transcriber):
     assert df.loc["ljspeech/LJ002-0033.opus", "audio_filepath"] == "../more/LJ002-0033.opus"
     assert JFK_PHRASE in words_of(df.loc["jfk/jfk.flac", "text"])
     # the same four clips from local disk through the same stages, in one batch as in the job: the same text
-    local_rows = [{"id": i, "audio_filepath": i, "uri": str(CORPUS / i), "language": None, "prompt": None,
-                   "reference": None, "line": n} for n, i in enumerate(ids, start=1)]
+    # (audio_filepath as in the manifest: chunks are packed only with those of the same folder, its pack_group)
+    local_rows = [{"id": i, "audio_filepath": df.loc[i, "audio_filepath"], "uri": str(CORPUS / i), "language": None,
+                   "prompt": None, "reference": None, "line": n} for n, i in enumerate(ids, start=1)]
     local = TranscribeStage(job_config, "local", transcriber=transcriber)(DecodeChunkStage(job_config)(local_rows))
     local = local.to_pandas().set_index("id")
     for i in ids:
         assert df.loc[i, "text"] == local.loc[i, "text"], i
         assert df.loc[i, "sha256"] == hashlib.sha256((CORPUS / i).read_bytes()).hexdigest()
     keys = s3.keys("transcripts", "main/")
-    assert keys == ["main/_runs/s3-main.json", "main/part-s3-main-00000.parquet"]  # no probe, no _tmp/
+    # no probe, no _tmp/; the errors table (empty here) is written by every complete run
+    assert keys == ["main/_errors.parquet", "main/_runs/s3-main.json", "main/part-s3-main-00000.parquet"]
     summary = json.loads(s3.client.get_object(Bucket="transcripts", Key="main/_runs/s3-main.json")["Body"].read())
     assert summary["config"]["storage"]["endpoint_url"] is None  # it came from the environment
     fingerprint = config_fingerprint(job_config.model, job_config.decoding, job_config.chunking)
