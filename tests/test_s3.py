@@ -258,6 +258,30 @@ def test_reads_retry_transient_errors_and_fail_fast_on_missing_or_denied(aws_env
             assert proxy.requests - before <= 2 and time.monotonic() - t0 < 1.0  # s3fs's HEAD (+ LIST), once
 
 
+def test_size_guard_and_hash_pass_on_s3(aws_env):
+    """guards.max_file_bytes on an object: refused from its size (a HEAD), no GET ever sent; the hash pass reads
+    the object in blocks through the same options and retries, and gives the decode read's SHA-256."""
+    from pipelines.core.errors import AudioLimitError
+
+    s3 = aws_env
+    uri = f"s3://corpus/dev/{CLIPS[1]}"
+    size = (CORPUS / CLIPS[1]).stat().st_size
+    expected = hashlib.sha256((CORPUS / CLIPS[1]).read_bytes()).hexdigest()
+    with FlakyProxy(s3.port, trigger=rb"GET /corpus/dev/ljspeech/", outage_s=1.0) as proxy:
+        storage = storage_via(proxy.url)
+        for read in (storage.read, storage.hash):
+            with pytest.raises(AudioLimitError, match=r"above the limit of .*guards\.max_file_bytes"):
+                read(uri, size - 1)
+        assert not proxy.fired.is_set()  # refused without reading
+    with FlakyProxy(s3.port) as proxy:  # throttled, then through: retried
+        storage = storage_via(proxy.url)
+        proxy.throttle(3)
+        assert storage.hash(uri, size) == expected == storage.read(uri, size).sha256
+        assert proxy.throttled == 3
+        with pytest.raises(AudioDecodeError, match=r"no-such\.flac: no such file \(not found\)$"):
+            storage.hash("s3://corpus/dev/no-such.flac")
+
+
 def test_part_writes_are_atomic_on_s3(aws_env):
     s3 = aws_env
     rows = [{"id": f"r{i}", "audio_filepath": f"a/{i}.wav", "status": "ok", "text": os.urandom(2500).hex(),
@@ -360,6 +384,86 @@ def test_job_recovers_from_an_outage_mid_run(s3):
     assert SECRET not in res.stdout + res.stderr
     print(f"outage run: {took_s:.1f} s, {proxy.resets} connections reset, {len(retries)} retry log lines:\n"
           + "\n".join(retries[:4]))
+
+
+@pytest.mark.ray
+def test_rerun_over_an_s3_output_transcribes_nothing_new(s3):
+    """Resume over an s3:// output: the same command run twice on three clips. The second run lists and reads the
+    folder through the same storage settings (endpoint from AWS_ENDPOINT_URL), hashes the objects again, keeps every
+    row and transcribes nothing; the output still holds exactly one row per manifest row, the first run's."""
+    rows = [{"audio_filepath": p, "id": p} for p in CLIPS]
+    s3.client.put_object(Bucket="corpus", Key="dev/resume.jsonl",
+                         Body="".join(json.dumps(r) + "\n" for r in rows).encode())
+    command = ("--manifest", "s3://corpus/dev/resume.jsonl", "--output", "s3://transcripts/resume/")
+    first = run_cli(s3, *command)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "3 files: 3 ok, 0 empty, 0 error" in first.stdout, first.stdout
+    assert "manifest 3 rows: 0 already done, 3 transcribed" in first.stdout, first.stdout
+    parts = [k for k in s3.keys("transcripts", "resume/") if k.startswith("resume/part-")]
+    before = pd.read_parquet("s3://transcripts/resume/", storage_options=s3.storage_options).set_index("id")
+
+    second = run_cli(s3, *command)  # the same command again
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "manifest 3 rows: 3 already done, 0 transcribed, 0 copied" in second.stdout, second.stdout
+    assert "output now: 3 rows for the manifest: 3 ok" in second.stdout, second.stdout
+    assert "NOT EXACTLY ONCE" not in second.stdout
+    keys = s3.keys("transcripts", "resume/")
+    assert [k for k in keys if k.startswith("resume/part-")] == parts  # no new part, none rewritten or moved
+    assert not [k for k in keys if k.startswith(("resume/_tmp/", "resume/_replaced/"))], keys
+    assert "resume/_errors.parquet" in keys
+    runs = [json.loads(s3.client.get_object(Bucket="transcripts", Key=k)["Body"].read())
+            for k in keys if k.startswith("resume/_runs/")]
+    assert len(runs) == 2 and all(r["status"] == "done" for r in runs)
+    rerun = max(runs, key=lambda r: r["run_id"])
+    assert (rerun["kept"], rerun["transcribed"], rerun["copied"], rerun["files"]) == (3, 0, 0, 0)
+    assert rerun["output"]["missing"] == [] and rerun["output"]["doubled"] == []
+    after = pd.read_parquet("s3://transcripts/resume/", storage_options=s3.storage_options)
+    assert sorted(after["id"]) == sorted(CLIPS) and after["id"].is_unique  # one row per manifest row
+    after = after.set_index("id")
+    first_run = min(runs, key=lambda r: r["run_id"])["run_id"]
+    assert (after["run_id"] == first_run).all() and (after["status"] == "ok").all()
+    assert after["text"].to_dict() == before["text"].to_dict()
+    assert SECRET not in first.stdout + first.stderr + second.stdout + second.stderr
+
+
+def test_output_folder_moves_and_rewrites_on_s3(aws_env):
+    """The resume bookkeeping on an object store, without Ray: parts listed and read through the storage options,
+    a part moved aside (copy, then delete), rows taken out of a part (the rest rewritten by one PUT of the same key,
+    the removed rows written aside first), the errors table written whole; no _tmp/ anywhere."""
+    from pipelines.io.output import OutputFolder
+    from pipelines.io.resume import load_index
+
+    s3 = aws_env
+    storage = resolve_storage(StorageConfig())  # endpoint from AWS_ENDPOINT_URL
+    out = "s3://transcripts/folder/"
+    rows = [{"id": i, "audio_filepath": f"{i}.wav", "status": "ok", "sha256": i, "segments": []} for i in "abcde"]
+    writer = PartWriter(out, "r1", 2, "zstd", storage.options_for(out), storage.retry)
+    writer.write(rows_to_table(rows))
+    writer.close()
+    folder = OutputFolder(out, storage.options_for(out), storage.retry)
+    folder.prepare()
+    done, unreadable = load_index(folder)
+    assert [d.id for d in done] == list("abcde") and not unreadable
+    assert len(folder.parts()) == 3
+    s3.client.put_object(Bucket="transcripts", Key="folder/part-r0-00000.parquet", Body=b"not parquet")
+    done, unreadable = load_index(folder)
+    assert unreadable == ["transcripts/folder/part-r0-00000.parquet"]
+    assert folder.move_aside(unreadable, "r2") == ["transcripts/folder/_replaced/r2/part-r0-00000.parquet"]
+    by_id = {d.id: d for d in done}
+    assert folder.take_out({by_id["a"].part: [by_id["a"].position], by_id["e"].part: [by_id["e"].position]},
+                           "r2") == 2
+    current = pd.read_parquet(out, storage_options=s3.storage_options)
+    assert sorted(current["id"]) == ["b", "c", "d"]
+    keys = s3.keys("transcripts", "folder/")
+    aside = [k for k in keys if k.startswith("folder/_replaced/r2/part-r1-")]  # the rows taken out, one file a part
+    assert len(aside) == 2 and "folder/_replaced/r2/part-r0-00000.parquet" in keys  # and the moved part
+    aside_ids = pd.concat([pd.read_parquet(f"s3://transcripts/{k}", storage_options=s3.storage_options)
+                           for k in aside])["id"]
+    assert sorted(aside_ids) == ["a", "e"]
+    assert "folder/part-r0-00000.parquet" not in keys and "folder/part-r1-00002.parquet" not in keys  # e's part
+    assert not [k for k in keys if k.startswith("folder/_tmp/")], keys
+    assert [k for k in keys if k.startswith("folder/part-")] == ["folder/part-r1-00000.parquet",
+                                                                  "folder/part-r1-00001.parquet"]
 
 
 # ----------------------------------------------------------------------------------- Serve, url instead of file
