@@ -33,7 +33,7 @@ from pipelines.core.schema import (
 )
 from pipelines.core.stitch import stitch
 from pipelines.core.transcriber import Chunk, Transcriber
-from pipelines.io.storage import Storage, resolve_storage
+from pipelines.io.storage import Storage, is_transient, resolve_storage
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,10 @@ class TranscribeStage:
 
 
 #: Output of the hash stage: one row per manifest row; ``sha256`` is null where the file cannot be read (the
-#: decode stage then writes the error row and its reason).
-HASHED_SCHEMA = pa.schema([("id", pa.string()), ("sha256", pa.string()), ("error_message", pa.string())])
+#: decode stage then writes the error row and its reason); ``unreachable`` where that is because the storage could
+#: not be reached after the retries (transient errors), not because of the file itself.
+HASHED_SCHEMA = pa.schema([("id", pa.string()), ("sha256", pa.string()), ("error_message", pa.string()),
+                           ("unreachable", pa.bool_())])
 
 
 class HashStage:
@@ -259,5 +261,6 @@ class HashStage:
             try:
                 out.append({"id": row["id"], "sha256": self.storage.hash(row["uri"], self.max_bytes)})
             except Exception as exc:  # noqa: BLE001 - unreadable here means unreadable in the decode stage too
-                out.append({"id": row["id"], "sha256": None, "error_message": str(exc)})
+                out.append({"id": row["id"], "sha256": None, "error_message": str(exc),
+                            "unreachable": is_transient(exc)})
         return pa.Table.from_pylist(out, schema=HASHED_SCHEMA)

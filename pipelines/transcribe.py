@@ -43,7 +43,7 @@ from pipelines.core.schema import SCHEMA_VERSION, STATUS_EMPTY, STATUS_ERROR, ST
 from pipelines.io.manifest import ManifestRow, read_manifest
 from pipelines.io.output import ERRORS_FILE, OutputFolder, PartWriter, write_summary
 from pipelines.io.resume import FolderState, Plan, copy_row, folder_state, load_index, plan_run
-from pipelines.io.storage import Storage, check_output, resolve_storage
+from pipelines.io.storage import Storage, check_output, is_transient, resolve_storage
 from pipelines.preflight import check_gpu
 
 log = logging.getLogger("raywhisper")
@@ -84,6 +84,7 @@ class RunSummary:
     transcribed: int = 0
     copied: int = 0
     worker_died: int = 0
+    held_back: int = 0
     taken_out: dict[str, int] = field(default_factory=dict)
     parts_set_aside: list[str] = field(default_factory=list)
     output: Optional[dict] = None
@@ -121,6 +122,7 @@ class RunSummary:
             "ray_start_s": self.ray_start_s, "hash_s": self.hash_s, "real_time_factor": self.real_time_factor,
             "x_real_time": self.x_real_time, "manifest_rows": self.manifest_rows, "kept": self.kept,
             "transcribed": self.transcribed, "copied": self.copied, "worker_died": self.worker_died,
+            "held_back": self.held_back,
             "taken_out": self.taken_out, "parts_set_aside": self.parts_set_aside, "output": self.output,
             "max_error_rate": self.max_error_rate, "error_rate_exceeded": self.error_rate_exceeded,
             "errors": self.errors, "parts": self.parts,
@@ -133,7 +135,9 @@ class RunSummary:
             f"manifest {self.manifest_rows} rows: {self.kept} already done, {self.transcribed} transcribed, "
             f"{self.copied} copied from identical audio"
             + (f"; {sum(self.taken_out.values())} old rows set aside ({taken})" if self.taken_out else "")
-            + (f"; {len(self.parts_set_aside)} parts set aside (--overwrite)" if self.parts_set_aside else ""),
+            + (f"; {len(self.parts_set_aside)} parts set aside (--overwrite)" if self.parts_set_aside else "")
+            + (f"; {self.held_back} left as they were (their audio could not be reached: rerun later)"
+               if self.held_back else ""),
             f"audio {self.audio_s / 3600:.3f} h ({self.audio_s:.1f} s) in {self.wall_s:.1f} s wall "
             f"(Ray start {self.ray_start_s:.1f} s, hashing {self.hash_s:.1f} s): {self.x_real_time:.1f}x real time, "
             f"real-time factor {self.real_time_factor:.4f}",
@@ -224,9 +228,14 @@ def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str, stor
 
 
 def hash_rows(cfg: JobConfig, rows: Sequence[ManifestRow], storage: Optional[Storage] = None
-              ) -> dict[str, Optional[str]]:
+              ) -> tuple[dict[str, Optional[str]], set[str]]:
     """The SHA-256 of every row's file (None where it cannot be read), hashed on the decode pool's CPUs, read
-    through ``storage`` (the decode stage's options and retries; None: ``cfg.storage``)."""
+    through ``storage`` (the decode stage's options and retries; None: ``cfg.storage``).
+
+    Returns:
+        The hashes by row id, and the ids whose file could not be hashed because the storage could not be reached
+        after the retries (not because of the file: those are just None).
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -241,15 +250,20 @@ def hash_rows(cfg: JobConfig, rows: Sequence[ManifestRow], storage: Optional[Sto
                         batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.decode.concurrency),
                         num_cpus=cfg.decode.num_cpus)
     hashes: dict[str, Optional[str]] = {}
+    unreachable: set[str] = set()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        hashes.update(zip(batch.column("id").to_pylist(), batch.column("sha256").to_pylist()))
+        ids = batch.column("id").to_pylist()
+        hashes.update(zip(ids, batch.column("sha256").to_pylist()))
+        unreachable.update(i for i, u in zip(ids, batch.column("unreachable").to_pylist()) if u)
     for row in rows:  # a block lost to a dead worker: hash here rather than guess
         if row.id not in hashes:
             try:
                 hashes[row.id] = storage.hash(row.uri, cfg.guards.max_file_bytes)
-            except Exception:  # noqa: BLE001 - unreadable: the decode stage writes the reason
+            except Exception as exc:  # noqa: BLE001 - unreadable: the decode stage writes the reason
                 hashes[row.id] = None
-    return hashes
+                if is_transient(exc):
+                    unreachable.add(row.id)
+    return hashes, unreachable
 
 
 class _Sink:
@@ -378,12 +392,20 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
     writer = PartWriter(output, run_id, cfg.output.rows_per_file, cfg.output.compression, out_options, storage.retry)
     try:
         t1 = time.perf_counter()
-        hashes = hash_rows(cfg, rows, storage)
+        hashes, unreachable = hash_rows(cfg, rows, storage)
         summary.hash_s = time.perf_counter() - t1
-        plan = plan_run(rows, hashes, done, fingerprint, retry_errors)
+        # A row whose audio the storage would not serve (down, throttling past the retries) has no key to check
+        # its rows in the folder against: leave those rows as they are rather than set a good transcript aside.
+        present = {d.id for d in done}
+        held = [r.id for r in rows if r.id in unreachable and r.id in present]
+        if held:
+            log.warning("%d rows left as they are in the output: their audio could not be reached to hash it "
+                        "(storage unavailable after the retries); rerun later to check them: %s", len(held), held[:10])
+        summary.held_back = len(held)
+        plan = plan_run([r for r in rows if r.id not in set(held)], hashes, done, fingerprint, retry_errors)
         log.info("plan: %s (taken out: %s)", plan.counts(), dict(plan.reasons) or "none")
         summary.kept, summary.taken_out = len(plan.keep), dict(plan.reasons)
-        sink = _Sink(writer, summary, plan.dependents(), run_id, len(rows) - len(plan.keep))
+        sink = _Sink(writer, summary, plan.dependents(), run_id, len(rows) - len(plan.keep) - len(held))
         _write_existing_copies(folder, plan, sink, run_id)
         summary.worker_died = _transcribe(cfg, plan.transcribe, run_id, sink, hashes, transcribe_stage, storage)
     except BaseException as exc:

@@ -282,6 +282,24 @@ def test_size_guard_and_hash_pass_on_s3(aws_env):
             storage.hash("s3://corpus/dev/no-such.flac")
 
 
+def test_hash_pass_tells_an_unreachable_storage_from_a_bad_file(aws_env):
+    """HashStage marks a row ``unreachable`` when the storage could not be reached after the retries (the job then
+    leaves that id's rows in the output alone instead of taking them for changed audio), not for a missing
+    object."""
+    from pipelines.stages import HashStage
+
+    s3 = aws_env
+    rows = [{"id": "ok", "uri": f"s3://corpus/dev/{CLIPS[1]}"}, {"id": "missing", "uri": "s3://corpus/dev/nope.flac"}]
+    out = HashStage(JobConfig(), resolve_storage(StorageConfig()))(rows).to_pylist()
+    assert out[0]["sha256"] == hashlib.sha256((CORPUS / CLIPS[1]).read_bytes()).hexdigest()
+    assert not out[0]["unreachable"]
+    assert out[1]["sha256"] is None and not out[1]["unreachable"] and "no such file" in out[1]["error_message"]
+    dead = storage_via(f"http://127.0.0.1:{free_port()}", attempts=2, client_max_attempts=1)
+    out = HashStage(JobConfig(), dead)(rows[:1]).to_pylist()
+    assert out[0]["sha256"] is None and out[0]["unreachable"], out
+    assert "storage unavailable after 2 tries" in out[0]["error_message"]
+
+
 def test_part_writes_are_atomic_on_s3(aws_env):
     s3 = aws_env
     rows = [{"id": f"r{i}", "audio_filepath": f"a/{i}.wav", "status": "ok", "text": os.urandom(2500).hex(),
