@@ -184,6 +184,99 @@ class OutputConfig(_Frozen):
     compression: str = Field("zstd", description="Parquet compression codec.")
 
 
+#: Option names that hold credentials; refused in the storage section (credentials come from the environment,
+#: a profile or an instance role, so no config dump, run summary or log can ever carry one).
+CREDENTIAL_KEYS = frozenset({
+    "key", "secret", "token", "password", "passwd", "session_token", "access_key", "secret_key",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key", "sas_token",
+    "connection_string", "client_secret", "credentials", "security_token",
+})
+
+
+def _refuse_credentials(tree: Any, where: str) -> None:
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            if str(name).lower() in CREDENTIAL_KEYS:
+                raise ValueError(
+                    f"{where}.{name}: credentials do not go in the config (it is written into every run summary); "
+                    "use the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN), a profile "
+                    "(storage.profile, ~/.aws/credentials) or an instance role / service account"
+                )
+            _refuse_credentials(value, f"{where}.{name}")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            _refuse_credentials(value, f"{where}[{i}]")
+
+
+class StorageRetryConfig(_Frozen):
+    """Retries of storage reads (each audio file) and writes (each Parquet part) on transient errors."""
+
+    attempts: int = Field(
+        6, ge=1,
+        description="Tries per audio read or part write (1: no retry) when the error is transient: connection "
+                    "refused/reset/timeout, throttling (429, SlowDown), a 5xx answer. A missing object or access "
+                    "denied is never retried: it becomes an error row at once.",
+    )
+    initial_backoff_s: float = Field(0.5, gt=0, description="Wait before the first retry (s); doubles each retry.")
+    max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between two tries (s), before jitter.")
+    max_elapsed_s: float = Field(
+        120.0, gt=0, description="Stop retrying once this long (s) has passed since the first try of a file or part."
+    )
+    client_max_attempts: int = Field(
+        3, ge=1,
+        description="Attempts per S3 request inside botocore ('standard' retry mode: connection errors, "
+                    "throttling, 5xx; its own backoff), under each try above.",
+    )
+
+
+class StorageConfig(_Frozen):
+    """How manifests, audio and output are reached through fsspec (local paths, ``file://``, ``s3://``, and any
+    protocol whose fsspec package is installed). Credentials are never settings here: they come the standard way
+    (for S3: environment, ``~/.aws`` profile, instance role / service account)."""
+
+    endpoint_url: Optional[str] = Field(
+        None,
+        description="S3-compatible endpoint (MinIO, Ceph: 'http://127.0.0.1:9000'). None: AWS_ENDPOINT_URL_S3, "
+                    "else AWS_ENDPOINT_URL (read when the job or the Serve replica starts), else AWS S3.",
+    )
+    region: Optional[str] = Field(None, description="S3 region (None: AWS_REGION / AWS_DEFAULT_REGION / profile).")
+    anon: bool = Field(False, description="S3 without credentials (unsigned requests; public buckets only).")
+    profile: Optional[str] = Field(None, description="Named profile of ~/.aws/credentials / ~/.aws/config for S3.")
+    client_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra botocore client arguments for S3 (verify, use_ssl...).",
+    )
+    config_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra botocore Config for S3 ({s3: {addressing_style: path}}, connect_timeout, read_timeout...).",
+    )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Extra fsspec options per protocol, e.g. {s3: {requester_pays: true}, gcs: {project: p}}; "
+                    "applied last, over the settings above.",
+    )
+    retry: StorageRetryConfig = Field(default_factory=StorageRetryConfig)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_without_userinfo(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:9000, got {value!r}")
+        if parts.username or parts.password:
+            raise ValueError("the endpoint URL must not carry credentials (user:password@); use the environment")
+        return value
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> "StorageConfig":
+        for name in ("client_kwargs", "config_kwargs", "options"):
+            _refuse_credentials(getattr(self, name), f"storage.{name}")
+        return self
+
+
 class GuardsConfig(_Frozen):
     """Limits that turn a hostile or broken input into an error row before it can exhaust memory, and the job's
     error-rate alarm. (The duration limit is ``chunking.max_audio_duration_s``.)"""
@@ -191,7 +284,8 @@ class GuardsConfig(_Frozen):
     max_file_bytes: int = Field(
         4 * 1024**3, ge=1, description=(
             "Files larger than this become error rows without being read (bytes; default 4 GiB: a 4 h 48 kHz stereo "
-            "16-bit wav is 2.8 GB). A decode actor holds a whole file in memory."
+            "16-bit wav is 2.8 GB): local files by their stat, remote objects (s3://...) by their size from the "
+            "storage (a HEAD). A decode actor holds a whole file in memory."
         ),
     )
     min_sample_rate_hz: int = Field(
@@ -218,6 +312,7 @@ class JobConfig(_Frozen):
     transcribe: TranscribeStageConfig = Field(default_factory=TranscribeStageConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = Field(True, description="Show Ray Data progress bars and a line per written part.")
 
 
@@ -283,7 +378,9 @@ def _describe(exc: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "<root>"
-        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+        # never echo what was given under storage: a refused value may be a credential
+        given = "" if err["loc"][:1] == ("storage",) else f" (got {err.get('input')!r})"
+        lines.append(f"  {field}: {err['msg']}{given}")
     return "\n".join(lines)
 
 
@@ -384,6 +481,46 @@ class ServeDeploymentConfig(_Frozen):
         return self
 
 
+#: Schemes a ``url`` request may use: local files and object stores (never http(s): no server-side fetching).
+URL_INPUT_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+class ServeURLInputConfig(_Frozen):
+    """Transcribing a stored object named by the request's ``url`` form field instead of an upload (Groq's
+    OpenAI-compatible API has the same field). Off by default; when on, only URLs under ``allowed_prefixes`` are
+    read, so a request can never read arbitrary local files or buckets."""
+
+    enabled: bool = Field(False, description="Accept the 'url' form field (off: a request with 'url' gets 403).")
+    allowed_prefixes: tuple[str, ...] = Field(
+        (),
+        description="URL prefixes a request may read under, each a folder: 's3://bucket/audio/' (that bucket and "
+                    "key prefix only), 's3://bucket' (the whole bucket), 'file:///srv/audio/' (that directory, "
+                    "symlinks resolved). Anything else is refused with 403.",
+    )
+
+    @field_validator("allowed_prefixes")
+    @classmethod
+    def _valid_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            scheme, sep, rest = prefix.partition("://")
+            if not sep or not scheme or not rest.strip("/"):
+                raise ValueError(f"{prefix!r}: expected 'file:///absolute/dir/' or 's3://bucket/prefix/'")
+            if scheme not in URL_INPUT_SCHEMES:
+                raise ValueError(f"{prefix!r}: the scheme must be one of {', '.join(sorted(URL_INPUT_SCHEMES))} "
+                                 "(the server never fetches http(s) URLs)")
+            if scheme == "file" and not rest.startswith("/"):
+                raise ValueError(f"{prefix!r}: a file:// prefix needs an absolute path (file:///srv/audio/)")
+            if any(part in (".", "..") for part in rest.split("/")):
+                raise ValueError(f"{prefix!r}: '.' and '..' are not allowed in a prefix")
+        return value
+
+    @model_validator(mode="after")
+    def _prefixes_when_enabled(self) -> "ServeURLInputConfig":
+        if self.enabled and not self.allowed_prefixes:
+            raise ValueError("url_input.enabled needs at least one allowed_prefixes entry")
+        return self
+
+
 class ServeHTTPConfig(_Frozen):
     """The HTTP ingress (FastAPI): what it accepts and who may call it. Host and port are Serve's ``http_options``
     (``configs/serve.yaml``), not settings of the application."""
@@ -408,6 +545,7 @@ class ServeHTTPConfig(_Frozen):
                                "max_ongoing_requests + max_queued_requests so overload is answered with a JSON 503.",
     )
     ready_timeout_s: float = Field(10.0, gt=0, description="How long (s) /health/ready waits for the model.")
+    url_input: ServeURLInputConfig = Field(default_factory=ServeURLInputConfig)
 
 
 class ServeConfig(_Frozen):
@@ -419,6 +557,7 @@ class ServeConfig(_Frozen):
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     deployment: ServeDeploymentConfig = Field(default_factory=ServeDeploymentConfig)
     http: ServeHTTPConfig = Field(default_factory=ServeHTTPConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

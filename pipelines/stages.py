@@ -33,7 +33,7 @@ from pipelines.core.schema import (
 )
 from pipelines.core.stitch import stitch
 from pipelines.core.transcriber import Chunk, Transcriber
-from pipelines.io.storage import hash_source, read_audio_bytes
+from pipelines.io.storage import Storage, is_transient, resolve_storage
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,14 @@ class DecodeChunkStage:
     ``__call__`` takes a batch of manifest rows (pyarrow Table or list of dicts with the :data:`MANIFEST_FIELDS`)
     and returns a :data:`CHUNKED_SCHEMA` table with one row per input row. A file that cannot be read or decoded
     gets ``error_type``/``error_message`` and no chunks.
+
+    ``storage`` is how inputs are read (fsspec options per protocol, retries); the job resolves it once in the
+    driver. None: resolved here from ``cfg.storage`` and this process's environment.
     """
 
-    def __init__(self, cfg: JobConfig, storage_options: Optional[dict] = None):
+    def __init__(self, cfg: JobConfig, storage: Optional[Storage] = None):
         self.cfg = cfg
-        self.storage_options = storage_options or {}
+        self.storage = storage or resolve_storage(cfg.storage)
         g = cfg.guards
         self.limits = SourceLimits(g.min_sample_rate_hz, g.max_sample_rate_hz, g.max_channels)
 
@@ -97,7 +100,7 @@ class DecodeChunkStage:
         ck = self.cfg.chunking
         t0 = time.perf_counter()
         try:
-            data = read_audio_bytes(row["uri"], self.storage_options, self.cfg.guards.max_file_bytes)
+            data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
             out["sha256"] = data.sha256
             audio = decode_audio(data.content, ck.sample_rate, ck.max_audio_duration_s, name=row["audio_filepath"],
                                  limits=self.limits)
@@ -234,23 +237,30 @@ class TranscribeStage:
 
 
 #: Output of the hash stage: one row per manifest row; ``sha256`` is null where the file cannot be read (the
-#: decode stage then writes the error row and its reason).
-HASHED_SCHEMA = pa.schema([("id", pa.string()), ("sha256", pa.string()), ("error_message", pa.string())])
+#: decode stage then writes the error row and its reason); ``unreachable`` where that is because the storage could
+#: not be reached after the retries (transient errors), not because of the file itself.
+HASHED_SCHEMA = pa.schema([("id", pa.string()), ("sha256", pa.string()), ("error_message", pa.string()),
+                           ("unreachable", pa.bool_())])
 
 
 class HashStage:
     """The SHA-256 of each manifest row's file, read in blocks (never whole); the same value and the same refusals
-    as the decode stage's read, so a row's key is the same on both paths."""
+    as the decode stage's read, so a row's key is the same on both paths.
 
-    def __init__(self, cfg: JobConfig, storage_options: Optional[dict] = None):
+    ``storage`` is how inputs are read (fsspec options per protocol, the same retries as the decode stage); the job
+    resolves it once in the driver. None: resolved here from ``cfg.storage`` and this process's environment.
+    """
+
+    def __init__(self, cfg: JobConfig, storage: Optional[Storage] = None):
         self.max_bytes = cfg.guards.max_file_bytes
-        self.storage_options = storage_options or {}
+        self.storage = storage or resolve_storage(cfg.storage)
 
     def __call__(self, batch) -> pa.Table:
         out = []
         for row in _rows(batch):
             try:
-                out.append({"id": row["id"], "sha256": hash_source(row["uri"], self.storage_options, self.max_bytes)})
+                out.append({"id": row["id"], "sha256": self.storage.hash(row["uri"], self.max_bytes)})
             except Exception as exc:  # noqa: BLE001 - unreadable here means unreadable in the decode stage too
-                out.append({"id": row["id"], "sha256": None, "error_message": str(exc)})
+                out.append({"id": row["id"], "sha256": None, "error_message": str(exc),
+                            "unreachable": is_transient(exc)})
         return pa.Table.from_pylist(out, schema=HASHED_SCHEMA)

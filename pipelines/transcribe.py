@@ -12,6 +12,11 @@ the transcription actor pool (``num_gpus`` per actor on GPU nodes, CPU threads o
 driver, which writes Parquet parts as rows arrive, never a second row for an id, and prints a summary. Works the
 same run directly or under ``ray job submit`` (it joins the cluster it finds).
 
+Every URI (manifest, audio, output) may be a local path, ``file://``, ``s3://`` or another fsspec URL. The
+``storage`` config is resolved once in the driver (:func:`pipelines.io.storage.resolve_storage`) and used by every
+step: the manifest, the output check before Ray starts, the output folder's listing and reads for the plan, the
+hash and decode actors' reads (same options, same retries), the part, errors-table and summary writes.
+
 Actors that die are restarted and their batch retried by Ray (``*.max_task_retries``); a batch that still fails
 is dropped and its files are retried one per batch, and a file that kills its worker every time becomes an error
 row (``WorkerDiedError``).
@@ -33,17 +38,19 @@ from typing import Optional, Sequence
 import pyarrow as pa
 
 from pipelines.config import JobConfig, config_fingerprint, load_config, row_fingerprint
-from pipelines.core.errors import ConfigError, ManifestError, WorkerDiedError
+from pipelines.core.errors import ConfigError, ManifestError, StorageError, WorkerDiedError
 from pipelines.core.schema import SCHEMA_VERSION, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, rows_to_table
 from pipelines.io.manifest import ManifestRow, read_manifest
 from pipelines.io.output import ERRORS_FILE, OutputFolder, PartWriter, write_summary
 from pipelines.io.resume import FolderState, Plan, copy_row, folder_state, load_index, plan_run
+from pipelines.io.storage import Storage, check_output, is_transient, resolve_storage
 from pipelines.preflight import check_gpu
 
 log = logging.getLogger("raywhisper")
 
 DEFAULT_CONFIG = "configs/local.yaml"
-#: Exit code of a run whose error rate passed ``guards.max_error_rate`` (2 is a bad config or manifest).
+#: Exit code of a run whose error rate passed ``guards.max_error_rate`` (2 is a bad config or manifest, or
+#: storage that cannot be used).
 EXIT_ERROR_RATE = 3
 #: Columns of the errors table (``DIR/_errors.parquet``).
 ERROR_COLUMNS = ["id", "audio_filepath", "sha256", "error_type", "error_message", "attempts", "config_fingerprint",
@@ -77,6 +84,7 @@ class RunSummary:
     transcribed: int = 0
     copied: int = 0
     worker_died: int = 0
+    held_back: int = 0
     taken_out: dict[str, int] = field(default_factory=dict)
     parts_set_aside: list[str] = field(default_factory=list)
     output: Optional[dict] = None
@@ -114,6 +122,7 @@ class RunSummary:
             "ray_start_s": self.ray_start_s, "hash_s": self.hash_s, "real_time_factor": self.real_time_factor,
             "x_real_time": self.x_real_time, "manifest_rows": self.manifest_rows, "kept": self.kept,
             "transcribed": self.transcribed, "copied": self.copied, "worker_died": self.worker_died,
+            "held_back": self.held_back,
             "taken_out": self.taken_out, "parts_set_aside": self.parts_set_aside, "output": self.output,
             "max_error_rate": self.max_error_rate, "error_rate_exceeded": self.error_rate_exceeded,
             "errors": self.errors, "parts": self.parts,
@@ -126,7 +135,9 @@ class RunSummary:
             f"manifest {self.manifest_rows} rows: {self.kept} already done, {self.transcribed} transcribed, "
             f"{self.copied} copied from identical audio"
             + (f"; {sum(self.taken_out.values())} old rows set aside ({taken})" if self.taken_out else "")
-            + (f"; {len(self.parts_set_aside)} parts set aside (--overwrite)" if self.parts_set_aside else ""),
+            + (f"; {len(self.parts_set_aside)} parts set aside (--overwrite)" if self.parts_set_aside else "")
+            + (f"; {self.held_back} left as they were (their audio could not be reached: rerun later)"
+               if self.held_back else ""),
             f"audio {self.audio_s / 3600:.3f} h ({self.audio_s:.1f} s) in {self.wall_s:.1f} s wall "
             f"(Ray start {self.ray_start_s:.1f} s, hashing {self.hash_s:.1f} s): {self.x_real_time:.1f}x real time, "
             f"real-time factor {self.real_time_factor:.4f}",
@@ -165,9 +176,10 @@ def init_ray(cfg: JobConfig) -> None:
     ray.init(address=cfg.ray.address, **kwargs)
 
 
-def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str,
-                  storage_options: Optional[dict] = None, transcribe_stage: Optional[type] = None):
+def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str, storage: Optional[Storage] = None,
+                  transcribe_stage: Optional[type] = None):
     """The lazy Ray Dataset of transcript rows for ``rows`` (decode/chunk -> transcribe), not yet executed.
+    ``storage``: how the decode actors read the audio (None: resolved in each actor from ``cfg.storage``).
 
     An actor that dies is restarted and its batch retried ``max_task_retries`` times; a batch that still fails is
     dropped (``max_errored_blocks = -1``), and its rows simply never come back: the caller sees which.
@@ -189,7 +201,7 @@ def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str,
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     ds = ds.map_batches(
         DecodeChunkStage,
-        fn_constructor_args=(cfg, storage_options),
+        fn_constructor_args=(cfg, storage),
         batch_size=cfg.decode.files_per_batch,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=cfg.decode.concurrency),
@@ -215,31 +227,43 @@ def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str,
     return ds
 
 
-def hash_rows(cfg: JobConfig, rows: Sequence[ManifestRow], storage_options: Optional[dict] = None
-              ) -> dict[str, Optional[str]]:
-    """The SHA-256 of every row's file (None where it cannot be read), hashed on the decode pool's CPUs."""
+def hash_rows(cfg: JobConfig, rows: Sequence[ManifestRow], storage: Optional[Storage] = None
+              ) -> tuple[dict[str, Optional[str]], set[str]]:
+    """The SHA-256 of every row's file (None where it cannot be read), hashed on the decode pool's CPUs, read
+    through ``storage`` (the decode stage's options and retries; None: ``cfg.storage``).
+
+    Returns:
+        The hashes by row id, and the ids whose file could not be hashed because the storage could not be reached
+        after the retries (not because of the file: those are just None).
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
-    from pipelines.io.storage import hash_source
     from pipelines.stages import HashStage
+
+    storage = storage or resolve_storage(cfg.storage)
 
     rows_per_block = 64
     ds = ray.data.from_items([{"id": r.id, "uri": r.uri} for r in rows],
                              override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
-    ds = ds.map_batches(HashStage, fn_constructor_args=(cfg, storage_options), batch_size=rows_per_block,
+    ds = ds.map_batches(HashStage, fn_constructor_args=(cfg, storage), batch_size=rows_per_block,
                         batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.decode.concurrency),
                         num_cpus=cfg.decode.num_cpus)
     hashes: dict[str, Optional[str]] = {}
+    unreachable: set[str] = set()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        hashes.update(zip(batch.column("id").to_pylist(), batch.column("sha256").to_pylist()))
+        ids = batch.column("id").to_pylist()
+        hashes.update(zip(ids, batch.column("sha256").to_pylist()))
+        unreachable.update(i for i, u in zip(ids, batch.column("unreachable").to_pylist()) if u)
     for row in rows:  # a block lost to a dead worker: hash here rather than guess
         if row.id not in hashes:
             try:
-                hashes[row.id] = hash_source(row.uri, storage_options, cfg.guards.max_file_bytes)
-            except Exception:  # noqa: BLE001 - unreadable: the decode stage writes the reason
+                hashes[row.id] = storage.hash(row.uri, cfg.guards.max_file_bytes)
+            except Exception as exc:  # noqa: BLE001 - unreadable: the decode stage writes the reason
                 hashes[row.id] = None
-    return hashes
+                if is_transient(exc):
+                    unreachable.add(row.id)
+    return hashes, unreachable
 
 
 class _Sink:
@@ -290,7 +314,7 @@ def _worker_died_row(cfg: JobConfig, row: ManifestRow, sha256: Optional[str], ru
 
 
 def _transcribe(cfg: JobConfig, rows: list[ManifestRow], run_id: str, sink: _Sink, hashes: dict,
-                transcribe_stage: Optional[type]) -> int:
+                transcribe_stage: Optional[type], storage: Optional[Storage] = None) -> int:
     """Run the decode/transcribe passes over ``rows``; returns how many became WorkerDiedError rows."""
     isolated = cfg.model_copy(update={
         "decode": cfg.decode.model_copy(update={"files_per_batch": 1}),
@@ -303,7 +327,7 @@ def _transcribe(cfg: JobConfig, rows: list[ManifestRow], run_id: str, sink: _Sin
         if attempt:
             log.warning("%d files never came back (their batch's worker died %d times); retrying them one per "
                         "batch", len(left), cfg.transcribe.max_task_retries + 1)
-        for batch in build_dataset(pass_cfg, left, run_id, transcribe_stage=transcribe_stage).iter_batches(
+        for batch in build_dataset(pass_cfg, left, run_id, storage, transcribe_stage).iter_batches(
                 batch_format="pyarrow", batch_size=None):
             sink.write(batch)
         left = [r for r in left if r.id not in sink.written]
@@ -330,13 +354,21 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
         retry_errors: redo the manifest rows whose current row is an error row.
         transcribe_stage: a stand-in for :class:`~pipelines.stages.TranscribeStage` (tests).
 
+    Every URI may be a local path, ``file://``, ``s3://`` or another fsspec URL; ``cfg.storage`` (with the
+    ``AWS_ENDPOINT_URL*`` environment, read now) says how to reach them.
+
     Raises:
         ManifestError: the manifest is unreadable or has a bad row (nothing has been transcribed).
+        StorageError: the output cannot be written (missing bucket, access denied...), found before Ray starts;
+            or the output folder cannot be listed, read or written after the retries (the rows written so far
+            stay: a rerun goes on from them).
         GpuUnavailableError: the config asks for a GPU the cluster cannot give or a GPU task sees no CUDA
             (a ConfigError: exit code 2; nothing has been transcribed).
     """
     t0 = time.perf_counter()
-    rows = read_manifest(manifest)
+    storage = resolve_storage(cfg.storage)
+    rows = read_manifest(manifest, storage.options_for(manifest))
+    check_output(output, storage)  # a missing bucket or a read-only output stops here, before any work
     run_id = run_id or new_run_id()
     summary = RunSummary(run_id, manifest_rows=len(rows), max_error_rate=cfg.guards.max_error_rate)
     fingerprint = config_fingerprint(cfg.model, cfg.decoding, cfg.chunking)
@@ -344,11 +376,12 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
     init_ray(cfg)
     summary.ray_start_s = time.perf_counter() - t0
     check_gpu(cfg)  # a GPU config that cannot get a usable GPU stops here (GpuUnavailableError), before any work
-    folder = OutputFolder(output)
+    out_options = storage.options_for(output)
+    folder = OutputFolder(output, out_options, storage.retry)
     folder.prepare()
     record = {"run_id": run_id, "manifest": manifest, "output": output, "overwrite": overwrite,
               "retry_errors": retry_errors, "config": cfg.model_dump(mode="json"), "config_fingerprint": fingerprint}
-    write_summary(output, run_id, record | {"status": "running"})
+    write_summary(output, run_id, record | {"status": "running"}, out_options, storage.retry)
     if overwrite:
         summary.parts_set_aside = folder.move_aside(folder.parts(), run_id)
         log.info("--overwrite: set %d parts aside under %s", len(summary.parts_set_aside), folder.path("_replaced", run_id))
@@ -356,26 +389,38 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
     if unreadable:
         log.warning("parts that cannot be read are set aside (their rows are redone): %s", unreadable)
         summary.parts_set_aside += folder.move_aside(unreadable, run_id)
-    writer = PartWriter(output, run_id, cfg.output.rows_per_file, cfg.output.compression)
+    writer = PartWriter(output, run_id, cfg.output.rows_per_file, cfg.output.compression, out_options, storage.retry)
     try:
         t1 = time.perf_counter()
-        hashes = hash_rows(cfg, rows)
+        hashes, unreachable = hash_rows(cfg, rows, storage)
         summary.hash_s = time.perf_counter() - t1
-        plan = plan_run(rows, hashes, done, fingerprint, retry_errors)
+        # A row whose audio the storage would not serve (down, throttling past the retries) has no key to check
+        # its rows in the folder against: leave those rows as they are rather than set a good transcript aside.
+        present = {d.id for d in done}
+        held = [r.id for r in rows if r.id in unreachable and r.id in present]
+        if held:
+            log.warning("%d rows left as they are in the output: their audio could not be reached to hash it "
+                        "(storage unavailable after the retries); rerun later to check them: %s", len(held), held[:10])
+        summary.held_back = len(held)
+        plan = plan_run([r for r in rows if r.id not in set(held)], hashes, done, fingerprint, retry_errors)
         log.info("plan: %s (taken out: %s)", plan.counts(), dict(plan.reasons) or "none")
         summary.kept, summary.taken_out = len(plan.keep), dict(plan.reasons)
-        sink = _Sink(writer, summary, plan.dependents(), run_id, len(rows) - len(plan.keep))
+        sink = _Sink(writer, summary, plan.dependents(), run_id, len(rows) - len(plan.keep) - len(held))
         _write_existing_copies(folder, plan, sink, run_id)
-        summary.worker_died = _transcribe(cfg, plan.transcribe, run_id, sink, hashes, transcribe_stage)
+        summary.worker_died = _transcribe(cfg, plan.transcribe, run_id, sink, hashes, transcribe_stage, storage)
     except BaseException as exc:
-        writer.close()  # finished rows are never lost, not even on Ctrl-C
-        write_summary(output, run_id, record | summary.to_dict() | {"status": "failed", "failure": repr(exc)})
+        try:
+            writer.close()  # finished rows are never lost, not even on Ctrl-C
+            write_summary(output, run_id, record | summary.to_dict() | {"status": "failed", "failure": repr(exc)},
+                          out_options, storage.retry)
+        except StorageError as also:  # the storage that failed the run may fail these too: keep the first error
+            log.error("could not save the rows in hand or the failed run's summary: %s", also)
         raise
     writer.close()
     summary.parts = writer.parts
     _finish(cfg, folder, rows, summary)
     summary.wall_s = time.perf_counter() - t0
-    write_summary(output, run_id, record | summary.to_dict() | {"status": "done"})
+    write_summary(output, run_id, record | summary.to_dict() | {"status": "done"}, out_options, storage.retry)
     return summary
 
 
@@ -435,8 +480,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; returns the exit code (0 done, 2 bad config or manifest, 3 error rate above
-    ``guards.max_error_rate``)."""
+    """CLI entry point; returns the exit code (0 done, 2 bad config or manifest or unusable storage, 3 error rate
+    above ``guards.max_error_rate``)."""
     import os
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -446,7 +491,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(config_path, args.overrides)
         summary = run_job(cfg, args.manifest, args.output, args.run_id,
                           overwrite=args.overwrite, retry_errors=args.retry_errors)
-    except (ConfigError, ManifestError) as exc:
+    except (ConfigError, ManifestError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary.render())

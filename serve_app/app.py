@@ -3,7 +3,9 @@
 Routes (OpenAI-compatible under ``/v1``):
 
 - ``POST /v1/audio/transcriptions``: multipart ``file`` plus ``model``, ``language``, ``prompt``, ``temperature``,
-  ``response_format`` (json | text | srt | vtt | verbose_json), ``timestamp_granularities[]`` (segment | word).
+  ``response_format`` (json | text | srt | vtt | verbose_json), ``timestamp_granularities[]`` (segment | word);
+  or, instead of ``file``, a ``url`` (``s3://``, ``file://``) where ``http.url_input`` allows it
+  (:mod:`serve_app.url_input`).
 - ``GET /v1/models``: the served model names.
 - ``GET /health`` and ``/health/live`` (the process answers), ``GET /health/ready`` (a model replica is up: model
   loaded and its warm-up inference passed).
@@ -47,6 +49,7 @@ from pipelines.core.errors import AudioDecodeError, AudioTooLongError, ConfigErr
 from pipelines.core.export import MEDIA_TYPES, export_text
 from pipelines.core.schema import Transcript
 from pipelines.core.transcriber import Chunk
+from pipelines.io.storage import Storage, resolve_storage
 from serve_app.deployment import TranscriberDeployment
 from serve_app.metrics import IngressMetrics
 from serve_app.schemas import (
@@ -58,6 +61,7 @@ from serve_app.schemas import (
     json_response,
     verbose_json_response,
 )
+from serve_app.url_input import read_url
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +212,12 @@ def _form_fields(form) -> dict[str, Any]:
 def _form_openapi() -> dict:
     """The multipart request body for the OpenAPI docs (the route reads the form itself)."""
     schema = TranscriptionRequest.model_json_schema()
-    schema["properties"] = {"file": {"type": "string", "format": "binary", "description": "The audio file."},
+    schema["properties"] = {"file": {"type": "string", "format": "binary",
+                                     "description": "The audio file (required unless 'url' is given)."},
                             **schema["properties"],
                             "timestamp_granularities[]": schema["properties"].pop("timestamp_granularities")}
-    schema["required"] = ["file", *schema.get("required", [])]
-    schema["description"] = "OpenAI's transcription form: the audio file and its options."
+    schema["required"] = [*schema.get("required", [])]
+    schema["description"] = "OpenAI's transcription form: the audio file (or, where allowed, its url) and options."
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
@@ -223,7 +228,8 @@ def _format_tag(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the app
-def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str] = None) -> FastAPI:
+def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str] = None,
+               storage: Optional[Storage] = None) -> FastAPI:
     """The FastAPI app of the ingress, calling the model deployment through ``model`` (a handle whose
     ``transcribe(job)`` returns a :class:`Transcript` and ``ready()`` a dict).
 
@@ -231,7 +237,9 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
         cfg: the validated Serve config.
         model: the model deployment's handle.
         api_key: the key ``/v1`` routes require (None: no auth); see :func:`resolve_api_key`.
+        storage: how ``url`` requests are read (None: resolved now from ``cfg.storage`` and the environment).
     """
+    storage = storage or resolve_storage(cfg.storage)
     app = FastAPI(title="raywhisper", summary="OpenAI-compatible transcription with faster-whisper on Ray Serve")
     metrics = IngressMetrics()
     served_names = (cfg.model.name, *cfg.http.model_aliases)
@@ -309,16 +317,23 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
                     raise APIError(400, f"model {parsed.model!r} is not served here; use one of {list(served_names)}",
                                    code="model_not_found", param="model")
                 upload = form.get("file")
-                if upload is None:
-                    raise APIError(400, "missing required parameter 'file' (the audio, as a multipart file)",
-                                   code="missing_required_parameter", param="file")
-                if not isinstance(upload, UploadFile):
-                    raise APIError(400, "parameter 'file' must be a file upload, not a text field",
-                                   code="invalid_value", param="file")
-                data = await upload.read()
-                filename = upload.filename or "file"
+                if parsed.url is not None and upload is not None:
+                    raise APIError(400, "give either 'file' or 'url', not both", code="invalid_value", param="url")
+                if parsed.url is None:
+                    if upload is None:
+                        alternative = " or 'url'" if cfg.http.url_input.enabled else ""
+                        raise APIError(400, f"missing required parameter 'file' (the audio, as a multipart file)"
+                                            f"{alternative}", code="missing_required_parameter", param="file")
+                    if not isinstance(upload, UploadFile):
+                        raise APIError(400, "parameter 'file' must be a file upload, not a text field",
+                                       code="invalid_value", param="file")
+                    data = await upload.read()
+                    filename = upload.filename or "file"
             finally:
                 await form.close()
+            if parsed.url is not None:
+                data, filename = await run_in_threadpool(read_url, parsed.url, cfg.http.url_input, storage,
+                                                         cfg.http.max_upload_bytes)
             if len(data) > cfg.http.max_upload_bytes:
                 raise APIError(413, f"the file is too large ({len(data) / 1e6:.1f} MB); the limit is "
                                     f"{cfg.http.max_upload_bytes / 1e6:.1f} MB", code="file_too_large", param="file")
@@ -384,6 +399,7 @@ class ServeAppArgs(BaseModel):
     chunking: dict = Field(default_factory=dict, description="ServeConfig.chunking (ChunkingConfig).")
     deployment: dict = Field(default_factory=dict, description="ServeConfig.deployment (the model replicas).")
     http: dict = Field(default_factory=dict, description="ServeConfig.http (the ingress).")
+    storage: dict = Field(default_factory=dict, description="ServeConfig.storage (how url requests are read).")
 
 
 def serve_config_from_args(args: ServeAppArgs) -> ServeConfig:
@@ -392,7 +408,8 @@ def serve_config_from_args(args: ServeAppArgs) -> ServeConfig:
     Raises:
         ConfigError: bad file, unknown field or bad value (the message names the field).
     """
-    inline = {name: getattr(args, name) for name in ("model", "decoding", "chunking", "deployment", "http")}
+    sections = ("model", "decoding", "chunking", "deployment", "http", "storage")
+    inline = {name: getattr(args, name) for name in sections}
     return load_serve_config(args.config, args.overrides, {k: v for k, v in inline.items() if v})
 
 

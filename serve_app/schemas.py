@@ -76,7 +76,8 @@ def api_error_of(exc: BaseException) -> Optional[APIError]:
 
 # ------------------------------------------------------------------------------------------------------ request
 class TranscriptionRequest(BaseModel):
-    """The form fields of ``POST /v1/audio/transcriptions`` except ``file`` (OpenAI's names and meanings)."""
+    """The form fields of ``POST /v1/audio/transcriptions`` except ``file`` (OpenAI's names and meanings, plus
+    Groq's ``url``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -91,6 +92,11 @@ class TranscriptionRequest(BaseModel):
     response_format: ResponseFormat = Field("json", description="json, text, srt, vtt or verbose_json.")
     timestamp_granularities: tuple[Granularity, ...] = Field(
         ("segment",), description="'segment' and/or 'word' (word needs response_format=verbose_json)."
+    )
+    url: Optional[str] = Field(
+        None, max_length=2048,
+        description="Instead of 'file': an s3:// or file:// URL of the audio, read by the server; only where "
+                    "http.url_input allows it (off by default; then only under its allowed_prefixes, else 403).",
     )
 
     @field_validator("language")

@@ -46,3 +46,8 @@ class GpuUnavailableError(ConfigError):
     """The config asks for GPUs (``transcribe.num_gpus`` > 0 or ``model.device: cuda``) that the Ray cluster cannot
     give, or a task holding a GPU sees no CUDA device (faster-whisper would run on the CPU quietly). Raised by the
     job's pre-flight check, before any work; the message says what to fix."""
+
+
+class StorageError(RaywhisperError):
+    """Storage cannot be used as asked: an output location that does not exist or cannot be written (checked
+    before any work), or a write that still failed after its retries. The message names the location."""

@@ -58,7 +58,11 @@ def _protocol(uri: str) -> str:
 def resolve_uri(base_dir: str, path: str) -> str:
     """Resolve ``path`` from a manifest against the manifest's folder ``base_dir`` (a local path or URL).
 
-    Absolute paths and URLs are returned unchanged; ``file://`` URLs become plain local paths.
+    Absolute paths and URLs are returned unchanged; ``file://`` URLs become plain local paths. Against a URL
+    (``s3://bucket/manifests/``), ``..`` may climb up to the bucket but not out of it.
+
+    Raises:
+        ValueError: a relative path that climbs out of the URL's bucket (or host).
     """
     if path.startswith("file://"):
         return path[len("file://"):]
@@ -66,7 +70,11 @@ def resolve_uri(base_dir: str, path: str) -> str:
         return path
     if _is_url(base_dir):
         proto, rest = base_dir.split("://", 1)
-        return f"{proto}://{posixpath.normpath(posixpath.join(rest, path))}"
+        bucket = rest.split("/", 1)[0]
+        joined = posixpath.normpath(posixpath.join(rest, path))
+        if joined.split("/", 1)[0] != bucket or joined == bucket:
+            raise ValueError(f"the relative path {path!r} climbs out of {proto}://{bucket}/")
+        return f"{proto}://{joined}"
     return os.path.normpath(os.path.join(base_dir, path))
 
 
@@ -97,10 +105,14 @@ def _row(record: Any, where: str, line: int, base_dir: str) -> ManifestRow:
     if path is None:
         raise ManifestError(f"{where}, line {line}: the row has no 'audio_filepath' (or 'path'): {json.dumps(record)[:200]}")
     reference = next((_str_or_none(record.get(k)) for k in REFERENCE_KEYS if record.get(k) is not None), None)
+    try:
+        uri = resolve_uri(base_dir, path)
+    except ValueError as exc:
+        raise ManifestError(f"{where}, line {line}: {exc}") from exc
     return ManifestRow(
         id=_str_or_none(record.get("id")) or "",
         audio_filepath=path,
-        uri=resolve_uri(base_dir, path),
+        uri=uri,
         language=_str_or_none(record.get("language")),
         prompt=_str_or_none(record.get("prompt")),
         reference=reference,
@@ -115,8 +127,10 @@ def _records(uri: str, storage_options: dict) -> list[tuple[int, Any]]:
             data = f.read()
     except FileNotFoundError as exc:
         raise ManifestError(f"manifest {uri}: no such file") from exc
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"manifest {uri}: cannot be read ({exc})") from exc
+    except PermissionError as exc:
+        raise ManifestError(f"manifest {uri}: access denied ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - OSError, and botocore/aiohttp errors that are not OSErrors
+        raise ManifestError(f"manifest {uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -153,8 +167,8 @@ def _list_audio(uri: str, storage_options: dict) -> list[str]:
             found = fs.glob(path)
         else:
             found = fs.find(path)
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"input {uri}: cannot be listed ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - OSError, and botocore/aiohttp errors that are not OSErrors
+        raise ManifestError(f"input {uri}: cannot be listed ({type(exc).__name__}: {exc})") from exc
     files = sorted(p for p in found if os.path.splitext(p)[1].lower() in AUDIO_EXTENSIONS)
     if proto != "file":
         files = [f"{proto}://{p}" for p in files]
@@ -185,7 +199,8 @@ def read_manifest(uri: str, storage_options: Optional[dict] = None) -> list[Mani
     Args:
         uri: a ``.jsonl``/``.json``/``.csv``/``.parquet`` manifest, a folder (listed recursively for audio files),
             or a glob (``data/*.flac``); local path, ``file://`` or any fsspec URL.
-        storage_options: fsspec options for the manifest's filesystem.
+        storage_options: fsspec options for the manifest's filesystem (``Storage.options_for(uri)``); the
+            audio paths it lists are read later with the options of their own protocol.
 
     Returns:
         Rows in manifest order with unique ids (the ``id`` column, else ``audio_filepath``, made unique by
@@ -197,9 +212,13 @@ def read_manifest(uri: str, storage_options: Optional[dict] = None) -> list[Mani
     """
     storage_options = storage_options or {}
     uri = _local(uri)
-    fs, path = url_to_fs(uri, **storage_options)
-    is_glob = any(ch in path for ch in "*?[")
-    if is_glob or fs.isdir(path):
+    try:
+        fs, path = url_to_fs(uri, **storage_options)
+        is_glob = any(ch in path for ch in "*?[")
+        is_dir = not is_glob and fs.isdir(path)
+    except Exception as exc:  # noqa: BLE001 - no fsspec package for the protocol, storage unreachable...
+        raise ManifestError(f"input {uri}: cannot be reached ({type(exc).__name__}: {exc})") from exc
+    if is_glob or is_dir:
         files = _list_audio(uri, storage_options)
         if not files:
             raise ManifestError(f"input {uri}: no audio files found (extensions: {' '.join(sorted(AUDIO_EXTENSIONS))})")

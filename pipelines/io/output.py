@@ -3,18 +3,24 @@ per input across reruns.
 
 Layout of the output folder::
 
-    DIR/part-<run_id>-<seq>.parquet   the current rows, in TRANSCRIPT_SCHEMA; each part is written under _tmp/ and
-                                      then renamed, so a reader never sees half a file
+    DIR/part-<run_id>-<seq>.parquet   the current rows, in TRANSCRIPT_SCHEMA, each written atomically so a reader
+                                      never sees half a file: on object stores (s3://...) by one PUT of the final
+                                      key, elsewhere under DIR/_tmp/ and then renamed
     DIR/_runs/<run_id>.json           each run's summary (config, counts, timings); written "running" at the start
     DIR/_errors.parquet               the current error rows of the last complete run's manifest (the errors table)
     DIR/_replaced/<run_id>/...        rows a run took out of the current set: whole parts moved aside by
                                       --overwrite, and rows superseded by a rerun (an error row retried, a row of
                                       another config or of changed audio); kept so nothing is lost, never read
-    DIR/_tmp/                         parts being written; what a killed run left here is deleted by the next run
+    DIR/_tmp/                         parts being written (not on object stores); what a killed run left here is
+                                      deleted by the next run
 
 Names starting with ``_`` are skipped by pyarrow's and pandas' dataset readers. A part is only ever replaced
-whole (written under ``_tmp/``, then renamed over the old one), so every state a reader or a killed run can
-see is a set of complete parts. Works on any fsspec filesystem (local, s3://...).
+whole (one PUT of the same key on object stores; written under ``_tmp/``, then renamed over the old one
+elsewhere), so every state a reader or a killed run can see is a set of complete parts. Moving a part aside is a
+rename locally and a copy, then a delete, on object stores: a run killed in between leaves the part current (and
+a copy aside), never lost, never doubled in the current set. Every storage operation goes through the job's
+:class:`~pipelines.io.storage.RetryPolicy` (transient errors retried, then :class:`StorageError`). Works on any
+fsspec filesystem (local, s3://...); see :mod:`pipelines.io.storage`.
 """
 
 from __future__ import annotations
@@ -23,20 +29,24 @@ import json
 import posixpath
 import re
 import uuid
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from pipelines.core.errors import StorageError
 from pipelines.core.schema import TRANSCRIPT_SCHEMA
+from pipelines.io.storage import RetryPolicy, is_object_store, move_file, remove_file, write_atomic
 
 RUNS_DIR = "_runs"
 TMP_DIR = "_tmp"
 REPLACED_DIR = "_replaced"
 ERRORS_FILE = "_errors.parquet"
 PART_RE = re.compile(r"^part-(?P<run_id>.+)-(?P<seq>\d{5,})\.parquet$")
+
+T = TypeVar("T")
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -51,62 +61,95 @@ def conform(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=TRANSCRIPT_SCHEMA)
 
 
+def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
+    """``table`` as the bytes of a Parquet file (built in memory: nothing is written if this fails)."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression=compression)
+    return buffer.getvalue().to_pybytes()
+
+
 class OutputFolder:
     """The output folder of a job (see the module doc for its layout).
 
     Args:
         output_uri: local path or fsspec URL of the folder.
-        storage_options: fsspec options.
+        storage_options: fsspec options (``Storage.options_for(output_uri)``).
+        retry: retries of every read, write, listing and move on transient errors (default: ``RetryPolicy()``).
     """
 
-    def __init__(self, output_uri: str, storage_options: Optional[dict] = None):
+    def __init__(self, output_uri: str, storage_options: Optional[dict] = None,
+                 retry: Optional[RetryPolicy] = None):
         self.uri = output_uri
         self.fs, root = url_to_fs(output_uri, **(storage_options or {}))
         self.root = root.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.object_store = is_object_store(self.fs)
 
     def path(self, *names: str) -> str:
         """A path under the folder."""
         return posixpath.join(self.root, *names)
 
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()`` with the retries; a failure that outlasts them is a :class:`StorageError`."""
+        try:
+            return self.retry.call(fn, what)
+        except StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors are not OSErrors
+            reason = "access denied" if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}"
+            raise StorageError(f"output {self.uri}: {what} failed ({reason})") from exc
+
     def prepare(self) -> None:
-        """Create the folder and delete what a killed run left in ``_tmp/`` (one run at a time per folder)."""
-        self.fs.makedirs(self.root, exist_ok=True)
+        """Create the folder (not on object stores: the prefix needs no creating, and a makedirs there could create
+        a bucket) and delete what a killed run left in ``_tmp/`` (one run at a time per folder)."""
         tmp = self.path(TMP_DIR)
-        if self.fs.exists(tmp):
-            self.fs.rm(tmp, recursive=True)
+
+        def attempt() -> None:
+            if not self.object_store:
+                self.fs.makedirs(self.root, exist_ok=True)
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp, recursive=True)
+        self._call(attempt, f"clearing {tmp}")
 
     def parts(self) -> list[str]:
         """The current part files, sorted by name."""
-        if not self.fs.exists(self.root):
-            return []
-        names = (posixpath.basename(p) for p in self.fs.ls(self.root, detail=False))
+        def attempt() -> list[str]:
+            try:
+                return self.fs.ls(self.root, detail=False)
+            except FileNotFoundError:
+                return []
+        names = (posixpath.basename(p.rstrip("/")) for p in self._call(attempt, f"listing {self.root}"))
         return sorted(self.path(n) for n in names if PART_RE.match(n))
 
     def read_part(self, part: str, columns: Optional[list[str]] = None) -> pa.Table:
-        """One part (only ``columns`` of it, those it has, when given)."""
-        with self.fs.open(part, "rb") as f:
-            pf = pq.ParquetFile(f)
-            names = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
-            return pf.read(columns=names)
+        """One part (only ``columns`` of it, those it has, when given).
+
+        Raises:
+            StorageError: the part cannot be fetched (after the retries).
+            pyarrow.ArrowException, OSError: its bytes are not a Parquet file (a damaged part).
+        """
+        data = self._call(lambda: self.fs.cat_file(part), f"reading {part}")
+        pf = pq.ParquetFile(pa.BufferReader(data))
+        names = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+        return pf.read(columns=names)
 
     def write_atomic(self, path: str, table: pa.Table, compression: str = "zstd") -> str:
-        """Write ``table`` to ``path`` through a temporary file in ``_tmp/`` and a rename (replacing ``path``)."""
-        tmp_dir = self.path(TMP_DIR)
-        self.fs.makedirs(tmp_dir, exist_ok=True)
-        tmp = posixpath.join(tmp_dir, f"{posixpath.basename(path)}.{uuid.uuid4().hex}")
-        with self.fs.open(tmp, "wb") as f:
-            pq.write_table(table, f, compression=compression)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        self.fs.mv(tmp, path)
+        """Write ``table`` to ``path`` whole or not at all, replacing ``path`` (one PUT on object stores, a file in
+        ``_tmp/`` and a rename elsewhere; see :func:`pipelines.io.storage.write_atomic`).
+
+        Raises:
+            StorageError: still failing after the retries.
+        """
+        write_atomic(self.fs, path, parquet_bytes(table, compression), self.retry, self.path(TMP_DIR))
         return path
 
     def move_aside(self, parts: Iterable[str], run_id: str) -> list[str]:
-        """Move whole parts to ``_replaced/<run_id>/`` (one rename each); returns their new paths."""
+        """Move whole parts to ``_replaced/<run_id>/`` (a rename each; a copy then a delete on object stores);
+        returns their new paths."""
         moved = []
         for part in parts:
             dest = self.path(REPLACED_DIR, run_id, posixpath.basename(part))
-            self.fs.makedirs(posixpath.dirname(dest), exist_ok=True)
-            self.fs.mv(part, dest)
+            move_file(self.fs, part, dest, self.retry)
             moved.append(dest)
         return moved
 
@@ -133,7 +176,7 @@ class OutputFolder:
             if kept.num_rows:
                 self.write_atomic(part, kept, compression)
             else:
-                self.fs.rm(part)
+                remove_file(self.fs, part, self.retry)
             taken += removed.num_rows
         return taken
 
@@ -142,17 +185,19 @@ class PartWriter:
     """Buffer rows and write them as Parquet part files of ``rows_per_file`` rows, each atomically.
 
     Args:
-        output_uri: the dataset folder (created if missing).
+        output_uri: the dataset folder (created if missing; on object stores the bucket must exist).
         run_id: names the parts of this run (numbering goes on after parts this run id already has).
         rows_per_file: rows per part.
         compression: Parquet codec.
         storage_options: fsspec options.
+        retry: retries of a part write on transient storage errors (default: RetryPolicy()).
     """
 
     def __init__(self, output_uri: str, run_id: str, rows_per_file: int = 256, compression: str = "zstd",
-                 storage_options: Optional[dict] = None):
-        self.folder = OutputFolder(output_uri, storage_options)
-        self.folder.fs.makedirs(self.folder.root, exist_ok=True)
+                 storage_options: Optional[dict] = None, retry: Optional[RetryPolicy] = None):
+        self.folder = OutputFolder(output_uri, storage_options, retry)
+        if not self.folder.object_store:  # on S3, makedirs of a missing bucket would create the bucket
+            self.folder.fs.makedirs(self.folder.root, exist_ok=True)
         self.run_id = run_id
         self.rows_per_file = rows_per_file
         self.compression = compression
@@ -162,6 +207,14 @@ class PartWriter:
                 if m and m["run_id"] == run_id]
         self._seq = max(seqs, default=-1) + 1
         self.parts: list[str] = []
+
+    @property
+    def fs(self):
+        return self.folder.fs
+
+    @property
+    def root(self) -> str:
+        return self.folder.root
 
     def write(self, table: pa.Table) -> list[str]:
         """Add rows (a table in TRANSCRIPT_SCHEMA); returns the part paths written by this call."""
@@ -180,20 +233,22 @@ class PartWriter:
     def _flush(self, n: int) -> str:
         table = pa.concat_tables(self._pending)
         head, rest = table.slice(0, n), table.slice(n)
+        name = f"part-{self.run_id}-{self._seq:05d}.parquet"
+        final = self.folder.write_atomic(self.folder.path(name), head, self.compression)
+        # only once the part is written: a write that failed (StorageError) leaves the rows pending
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
-        name = f"part-{self.run_id}-{self._seq:05d}.parquet"
         self._seq += 1
-        final = self.folder.write_atomic(self.folder.path(name), head, self.compression)
         self.parts.append(final)
         return final
 
 
-def write_summary(output_uri: str, run_id: str, summary: dict, storage_options: Optional[dict] = None) -> str:
-    """Write ``summary`` as ``_runs/<run_id>.json`` under the output folder; returns its path."""
+def write_summary(output_uri: str, run_id: str, summary: dict, storage_options: Optional[dict] = None,
+                  retry: Optional[RetryPolicy] = None) -> str:
+    """Write ``summary`` as ``_runs/<run_id>.json`` under the output folder (atomically, replacing an earlier
+    summary of the run); returns its path."""
     fs, root = url_to_fs(output_uri, **(storage_options or {}))
     path = posixpath.join(root.rstrip("/"), RUNS_DIR, f"{run_id}.json")
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    data = json.dumps(summary, indent=2, default=str).encode()
+    write_atomic(fs, path, data, retry, posixpath.join(root.rstrip("/"), TMP_DIR))
     return path

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from pipelines.config import row_fingerprint
+from pipelines.core.errors import StorageError
 from pipelines.core.schema import SCHEMA_VERSION, STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from pipelines.io.manifest import ManifestRow
 from pipelines.io.output import OutputFolder
@@ -69,12 +70,18 @@ def load_index(folder: OutputFolder) -> tuple[list[DoneRow], list[str]]:
 
     Returns:
         The rows, and the parts that cannot be read as Parquet (the caller moves them aside: their rows are redone).
+
+    Raises:
+        StorageError: the folder cannot be listed or a part cannot be fetched after the retries (storage down,
+            access denied): the run stops rather than take a good part it could not reach for a damaged one.
     """
     rows: list[DoneRow] = []
     unreadable: list[str] = []
     for part in folder.parts():
         try:
             table = folder.read_part(part, INDEX_COLUMNS)
+        except StorageError:
+            raise
         except Exception:  # noqa: BLE001 - a damaged part is set aside, never a reason to stop
             unreadable.append(part)
             continue
