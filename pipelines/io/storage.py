@@ -304,6 +304,35 @@ def _read_error(uri: str, exc: BaseException, is_url: bool, tries: int, t0: floa
     return AudioDecodeError(f"{uri}: cannot be read ({type(exc).__name__}: {exc})")
 
 
+def _read_with_retries(uri: str, storage_options: Optional[dict], retry: Optional[RetryPolicy],
+                       max_bytes: Optional[int], body: Callable[[Any, str], T], empty: T) -> T:
+    """``body(fs, path)`` for ``uri`` with the checks, retries and error mapping that :func:`read_audio_bytes` and
+    :func:`hash_source` share: local stat checks (directory, FIFO, size) first; per try, a remote size check by
+    ``fs.info`` (``empty`` for a 0-byte object); transient errors retried; our own refusals raised as they are;
+    anything else mapped to an :class:`AudioDecodeError` that names the URI and reason."""
+    local = _local(uri)
+    if local is not None:
+        _check_local(uri, local, max_bytes)
+    retry = retry or RetryPolicy()
+    tries = 0
+    t0 = time.monotonic()
+
+    def attempt() -> T:
+        nonlocal tries
+        tries += 1
+        fs, path = url_to_fs(local or uri, **(storage_options or {}))
+        if local is None and _check_remote(fs, path, uri, max_bytes) == 0:
+            return empty
+        return body(fs, path)
+
+    try:
+        return retry.call(attempt, uri)
+    except AudioDecodeError:  # a refusal of our own (the size limit)
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors are not OSErrors
+        raise _read_error(uri, exc, local is None, tries, t0) from exc
+
+
 def read_audio_bytes(uri: str, storage_options: Optional[dict] = None, retry: Optional[RetryPolicy] = None,
                      max_bytes: Optional[int] = None) -> SourceBytes:
     """Read a whole input file (local path, ``file://`` or any fsspec URL), retrying transient errors.
@@ -321,29 +350,12 @@ def read_audio_bytes(uri: str, storage_options: Optional[dict] = None, retry: Op
             reason, and the storage error is its cause.
         AudioLimitError: the file is larger than ``max_bytes``.
     """
-    local = _local(uri)
-    if local is not None:
-        _check_local(uri, local, max_bytes)
-    retry = retry or RetryPolicy()
-    tries = 0
-    t0 = time.monotonic()
-
-    def attempt() -> bytes:
-        nonlocal tries
-        tries += 1
-        fs, path = url_to_fs(local or uri, **(storage_options or {}))
-        if local is None and _check_remote(fs, path, uri, max_bytes) == 0:
-            return b""
+    def body(fs, path: str) -> bytes:
         if max_bytes is None:
             return fs.cat_file(path)
         return fs.cat_file(path, start=0, end=max_bytes + 1)  # a ranged GET: never more than the limit + 1
 
-    try:
-        content = retry.call(attempt, uri)
-    except AudioDecodeError:  # a refusal of our own (the size limit)
-        raise
-    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors are not OSErrors
-        raise _read_error(uri, exc, local is None, tries, t0) from exc
+    content = _read_with_retries(uri, storage_options, retry, max_bytes, body, b"")
     if max_bytes is not None and len(content) > max_bytes:  # it grew after the size check
         raise _too_large(uri, None, max_bytes)
     if not content:
@@ -360,19 +372,7 @@ def hash_source(uri: str, storage_options: Optional[dict] = None, retry: Optiona
     Raises:
         AudioDecodeError, AudioLimitError: as :func:`read_audio_bytes`.
     """
-    local = _local(uri)
-    if local is not None:
-        _check_local(uri, local, max_bytes)
-    retry = retry or RetryPolicy()
-    tries = 0
-    t0 = time.monotonic()
-
-    def attempt() -> tuple[str, int]:
-        nonlocal tries
-        tries += 1
-        fs, path = url_to_fs(local or uri, **(storage_options or {}))
-        if local is None and _check_remote(fs, path, uri, max_bytes) == 0:
-            return "", 0
+    def body(fs, path: str) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
         with fs.open(path, "rb") as f:
@@ -383,12 +383,7 @@ def hash_source(uri: str, storage_options: Optional[dict] = None, retry: Optiona
                     raise _too_large(uri, None, max_bytes)
         return digest.hexdigest(), size
 
-    try:
-        hexdigest, size = retry.call(attempt, uri)
-    except AudioDecodeError:  # a refusal of our own (size limit...)
-        raise
-    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors are not OSErrors
-        raise _read_error(uri, exc, local is None, tries, t0) from exc
+    hexdigest, size = _read_with_retries(uri, storage_options, retry, max_bytes, body, ("", 0))
     if not size:
         raise AudioDecodeError(f"{uri}: file is empty (0 bytes)")
     return hexdigest
