@@ -30,7 +30,6 @@ subtitle libraries; they are meant to merge with ``pipelines/core/export.py`` (t
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -39,7 +38,7 @@ import posixpath
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from pipelines.core.export import cues, to_srt, to_vtt  # noqa: F401 - the one SRT/VTT writer, re-exported
 

@@ -24,10 +24,10 @@ from pipelines.config import config_fingerprint, load_config, row_fingerprint
 from pipelines.core.schema import rows_to_table
 from pipelines.io.manifest import ManifestRow
 from pipelines.io.output import OutputFolder, PartWriter
-from pipelines.io.resume import DoneRow, copy_row, folder_state, load_index, plan_run
+from pipelines.io.resume import DoneRow, copy_row, load_index, plan_run
 from pipelines.stages import TranscribeStage
 from pipelines.transcribe import main, run_job
-from tests.conftest import CORPUS, JFK, JFK_PHRASE, ROOT, corpus_rows
+from tests.conftest import JFK, JFK_PHRASE, ROOT, corpus_rows
 
 FP = "f" * 16
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

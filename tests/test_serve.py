@@ -14,7 +14,6 @@ import sys
 import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
