@@ -114,7 +114,7 @@ def run_system(system: str, cfg: BenchConfig, manifest: Path, out_dir: Path) -> 
 
         m = cfg.job.model
         model = WhisperModel(resolve_model_path(m.name), device=m.device, compute_type=m.compute_type,
-                             cpu_threads=m.cpu_threads)
+                             cpu_threads=baseline_cpu_threads(cfg))
         batched = BatchedInferencePipeline(model) if system == "faster-whisper-batched" else None
         results = []
         for row in rows:
@@ -243,17 +243,27 @@ def _versions() -> dict:
     return out
 
 
+def baseline_cpu_threads(cfg: BenchConfig) -> int:
+    """CPU threads of the faster-whisper baselines: as many as the job's transcriber uses in all
+    (``model.cpu_threads`` x ``model.num_workers``), so both sides get the same cores; 0 stays CTranslate2's
+    default."""
+    m = cfg.job.model
+    return m.cpu_threads * m.num_workers if m.cpu_threads else 0
+
+
 def system_params(system: str, cfg: BenchConfig, n_files: int) -> dict:
     """The MLflow params of one system's run."""
     job = cfg.job
     params = {
         "system": system, "model": job.model.name, "compute_type": job.model.compute_type,
-        "device": job.model.device, "beam_size": job.decoding.beam_size, "cpu_threads": job.model.cpu_threads,
+        "device": job.model.device, "beam_size": job.decoding.beam_size,
+        "cpu_threads": job.model.cpu_threads if system == "raywhisper" else baseline_cpu_threads(cfg),
         "files": n_files, "repeat": cfg.repeat,
     }
     if system == "raywhisper":
         params.update(batch_size=job.transcribe.batch_size, files_per_batch=job.transcribe.files_per_batch,
                       actors=job.transcribe.max_actors, decode_actors=job.decode.concurrency,
+                      num_workers=job.model.num_workers,
                       num_gpus_per_actor=job.transcribe.num_gpus, pack_short_chunks=job.decoding.pack_short_chunks,
                       word_timestamps=job.decoding.word_timestamps)
     elif system == "faster-whisper-batched":

@@ -288,7 +288,7 @@ def test_hash_pass_tells_an_unreachable_storage_from_a_bad_file(aws_env):
     object."""
     from pipelines.stages import HashStage
 
-    s3 = aws_env
+    del aws_env  # used for the S3 environment it sets
     rows = [{"id": "ok", "uri": f"s3://corpus/dev/{CLIPS[1]}"}, {"id": "missing", "uri": "s3://corpus/dev/nope.flac"}]
     out = HashStage(JobConfig(), resolve_storage(StorageConfig()))(rows).to_pylist()
     assert out[0]["sha256"] == hashlib.sha256((CORPUS / CLIPS[1]).read_bytes()).hexdigest()
