@@ -45,7 +45,10 @@ class ModelConfig(_Frozen):
         "int8", description="CTranslate2 compute type: int8, int8_float16, float16, float32, default..."
     )
     cpu_threads: int = Field(0, ge=0, description="CTranslate2 intra-op threads on CPU; 0 = CTranslate2's default.")
-    num_workers: int = Field(1, ge=1, description="CTranslate2 workers (parallel generate calls from threads).")
+    num_workers: int = Field(1, ge=1, description=(
+        "CTranslate2 workers (model replicas, inter_threads): the transcriber decodes this many batches of a round "
+        "at once on as many threads. On CPU, a worker of cpu_threads=1 per core beats one model with many threads "
+        "(beam search hardly uses a second thread); on GPU, 1."))
     download_root: Optional[str] = Field(None, description="Where downloaded models are cached (None: HF cache).")
     local_files_only: bool = Field(False, description="Never download; fail if the model is not cached.")
     require_cuda: bool = Field(
