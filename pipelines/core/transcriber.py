@@ -353,9 +353,9 @@ class Transcriber:
                         stats["resumed"] += 1
                         if opts.pack_short_chunks:
                             # the rest is short (it began inside a <= 30 s piece): pack it with others under the
-                            # chunk's own prompt; alone, it is conditioned on its text so far
-                            origin_context = self._initial_context(chunks[p.origin], item_chunk.language, opts)
-                            following.append(_Pending(p.origin, p.start_s + done_s, rest, False, origin_context,
+                            # chunk's own prompt (p.context: with packing on, a piece's packing prompt is always its
+                            # chunk's); alone, it is conditioned on its text so far
+                            following.append(_Pending(p.origin, p.start_s + done_s, rest, False, p.context,
                                                       follow.context))
                         else:
                             following.append(_Pending(p.origin, p.start_s + done_s, rest, True, follow.context))
