@@ -3,7 +3,8 @@
     python -m pipelines.bench --config configs/bench/dev.yaml [--manifest M] [--output out/bench]
                               [--systems raywhisper,faster-whisper-sequential] [--limit N] [--repeat K]
 
-Systems (same model, compute type, beam size and threads):
+Systems (same model, compute type and threads; the baselines' beam size is ``baseline_beam_size``, by default
+the job's):
 
 - ``raywhisper``: the Ray Data job end to end, Ray start included (:func:`pipelines.transcribe.run_job`).
 - ``faster-whisper-sequential``: ``WhisperModel.transcribe`` file after file.
@@ -48,9 +49,14 @@ class BenchConfig(BaseModel):
     limit: Optional[int] = Field(None, ge=1, description="Use only the first N manifest rows.")
     repeat: int = Field(1, ge=1, description="Repeat the manifest K times under new ids (a corpus K times as long).")
     baseline_batch_size: int = Field(8, ge=1, description="batch_size of faster-whisper-batched.")
+    baseline_beam_size: Optional[int] = Field(
+        None, ge=1, description="beam_size of both faster-whisper baselines (None: the job's decoding.beam_size). "
+        "The job's beam is one of its tuning knobs; the baselines stay what a plain faster-whisper user runs, and "
+        "the WER columns show what the job's choice costs.")
     experiment: str = Field("raywhisper-bench", description="MLflow experiment name.")
     job: JobConfig = Field(default_factory=JobConfig, description="The raywhisper job config; its model, "
-                           "compute type, beam size and threads are used by the baselines too.")
+                           "compute type and threads (and beam size, unless baseline_beam_size is set) are used "
+                           "by the baselines too.")
 
 
 def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> BenchConfig:
@@ -120,10 +126,10 @@ def run_system(system: str, cfg: BenchConfig, manifest: Path, out_dir: Path) -> 
         for row in rows:
             try:
                 if batched is not None:
-                    segments, info = batched.transcribe(row["audio_filepath"], beam_size=cfg.job.decoding.beam_size,
+                    segments, info = batched.transcribe(row["audio_filepath"], beam_size=baseline_beam_size(cfg),
                                                         batch_size=cfg.baseline_batch_size)
                 else:
-                    segments, info = model.transcribe(row["audio_filepath"], beam_size=cfg.job.decoding.beam_size)
+                    segments, info = model.transcribe(row["audio_filepath"], beam_size=baseline_beam_size(cfg))
                 text = "".join(s.text for s in segments).strip()
                 results.append({"id": row["id"], "text": text, "duration_s": info.duration,
                                 "status": "ok" if text else "empty"})
@@ -251,12 +257,18 @@ def baseline_cpu_threads(cfg: BenchConfig) -> int:
     return m.cpu_threads * m.num_workers if m.cpu_threads else 0
 
 
+def baseline_beam_size(cfg: BenchConfig) -> int:
+    """Beam size of the faster-whisper baselines: ``baseline_beam_size``, else the job's."""
+    return cfg.baseline_beam_size or cfg.job.decoding.beam_size
+
+
 def system_params(system: str, cfg: BenchConfig, n_files: int) -> dict:
     """The MLflow params of one system's run."""
     job = cfg.job
     params = {
         "system": system, "model": job.model.name, "compute_type": job.model.compute_type,
-        "device": job.model.device, "beam_size": job.decoding.beam_size,
+        "device": job.model.device,
+        "beam_size": job.decoding.beam_size if system == "raywhisper" else baseline_beam_size(cfg),
         "cpu_threads": job.model.cpu_threads if system == "raywhisper" else baseline_cpu_threads(cfg),
         "files": n_files, "repeat": cfg.repeat,
     }
