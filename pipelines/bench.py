@@ -267,13 +267,12 @@ def system_params(system: str, cfg: BenchConfig, n_files: int) -> dict:
     job = cfg.job
     params = {
         "system": system, "model": job.model.name, "compute_type": job.model.compute_type,
-        "device": job.model.device,
-        "beam_size": job.decoding.beam_size if system == "raywhisper" else baseline_beam_size(cfg),
-        "cpu_threads": job.model.cpu_threads if system == "raywhisper" else baseline_cpu_threads(cfg),
+        "device": job.model.device, "beam_size": baseline_beam_size(cfg), "cpu_threads": baseline_cpu_threads(cfg),
         "files": n_files, "repeat": cfg.repeat,
     }
     if system == "raywhisper":
-        params.update(batch_size=job.transcribe.batch_size, files_per_batch=job.transcribe.files_per_batch,
+        params.update(beam_size=job.decoding.beam_size, cpu_threads=job.model.cpu_threads,
+                      batch_size=job.transcribe.batch_size, files_per_batch=job.transcribe.files_per_batch,
                       actors=job.transcribe.max_actors, decode_actors=job.decode.concurrency,
                       num_workers=job.model.num_workers,
                       num_gpus_per_actor=job.transcribe.num_gpus, pack_short_chunks=job.decoding.pack_short_chunks,

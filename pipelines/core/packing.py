@@ -1,8 +1,8 @@
 """Pack short chunks into shared 30 s windows, and split the window's transcript back per chunk.
 
 Whisper's encoder always runs on a 30 s window, so a 3 s clip costs as much as a 30 s one: on a CPU the encoder is
-most of the work (tiny.en int8, 2 threads: ~0.26 s a window whatever the batch size). Packing several short chunks,
-separated by ``gap_s`` of silence, into one window divides that cost by the number packed.
+most of the work (tiny.en int8, 2 threads: 0.26-0.30 s a window at batch 1 or 4, a little more at 8). Packing
+several short chunks, separated by ``gap_s`` of silence, into one window divides that cost by the number packed.
 
 The window's words (from cross-attention alignment) are assigned back to the chunk whose span they overlap most; each window segment is split where its words change chunk, and times are shifted to chunk time.
 """

@@ -109,9 +109,9 @@ def batch_sizes(n: int, batch_size: int, workers: int = 1) -> list[int]:
     """Sizes of the batches that ``n`` items are cut into: at most ``batch_size`` each, as few as that allows, but a
     multiple of ``workers`` batches (as far as ``n`` allows) of near-equal size, so that every worker gets work.
 
-    On a CPU the encoder's cost per 30 s window hardly depends on the batch size (tiny.en int8: ~0.26 s a window
-    with 2 threads at batch 1, 4, 8 and 16), so splitting a batch over workers costs nothing and keeps every core
-    busy. Example: ``batch_sizes(10, 8, 2) == [5, 5]``; ``batch_sizes(3, 8, 2) == [2, 1]``.
+    On a CPU the encoder's cost per 30 s window does not grow when a batch is split (tiny.en int8 with 2 threads:
+    0.26-0.30 s a window at batch 1 or 4, a little more at 8), so splitting a batch over workers costs nothing and
+    keeps every core busy. Example: ``batch_sizes(10, 8, 2) == [5, 5]``; ``batch_sizes(3, 8, 2) == [2, 1]``.
     """
     if n <= 0:
         return []
@@ -404,7 +404,7 @@ class Transcriber:
         """Consecutive runs of ``work`` sharing a language, cut into batches of at most ``batch_size``.
 
         With several workers a run is cut into a multiple of ``workers`` batches of near-equal size (on a CPU the
-        cost per window hardly depends on the batch size, so keeping every worker busy pays more than full batches).
+        cost per window does not grow with smaller batches, so keeping every worker busy pays more than full batches).
         """
         runs: list[list[_Piece]] = []
         for piece in work:
