@@ -60,7 +60,7 @@ class BenchConfig(BaseModel):
 
 
 def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> BenchConfig:
-    """Load a :class:`BenchConfig` from YAML plus ``--set`` overrides (``job.transcribe.batch_size=16``).
+    """Load a :class:`BenchConfig` from YAML plus ``--set`` overrides (``job.model.batch_size=16``).
 
     Raises:
         ConfigError: unreadable file or invalid field (named).
@@ -114,24 +114,15 @@ def run_system(system: str, cfg: BenchConfig, manifest: Path, out_dir: Path) -> 
         df = pd.read_parquet(output)
         results = df[["id", "text", "duration_s", "status"]].to_dict("records")
     else:
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from pipelines.core.whisper import Baseline
 
-        from pipelines.core.models import resolve_model_path
-
-        m = cfg.job.model
-        model = WhisperModel(resolve_model_path(m.name), device=m.device, compute_type=m.compute_type,
-                             cpu_threads=baseline_cpu_threads(cfg))
-        batched = BatchedInferencePipeline(model) if system == "faster-whisper-batched" else None
+        baseline = Baseline(cfg.job.model, baseline_cpu_threads(cfg), batched=system == "faster-whisper-batched",
+                            batch_size=cfg.baseline_batch_size)
         results = []
         for row in rows:
             try:
-                if batched is not None:
-                    segments, info = batched.transcribe(row["audio_filepath"], beam_size=baseline_beam_size(cfg),
-                                                        batch_size=cfg.baseline_batch_size)
-                else:
-                    segments, info = model.transcribe(row["audio_filepath"], beam_size=baseline_beam_size(cfg))
-                text = "".join(s.text for s in segments).strip()
-                results.append({"id": row["id"], "text": text, "duration_s": info.duration,
+                text, duration_s = baseline.transcribe(row["audio_filepath"], baseline_beam_size(cfg))
+                results.append({"id": row["id"], "text": text, "duration_s": duration_s,
                                 "status": "ok" if text else "empty"})
             except Exception as exc:  # noqa: BLE001 - a baseline's failure on a file is recorded, not fatal
                 results.append({"id": row["id"], "text": "", "duration_s": 0.0, "status": f"error: {exc}"})
@@ -272,7 +263,7 @@ def system_params(system: str, cfg: BenchConfig, n_files: int) -> dict:
     }
     if system == "raywhisper":
         params.update(beam_size=job.decoding.beam_size, cpu_threads=job.model.cpu_threads,
-                      batch_size=job.transcribe.batch_size, files_per_batch=job.transcribe.files_per_batch,
+                      batch_size=job.model.batch_size, files_per_batch=job.transcribe.files_per_batch,
                       actors=job.transcribe.max_actors, decode_actors=job.decode.concurrency,
                       num_workers=job.model.num_workers,
                       num_gpus_per_actor=job.transcribe.num_gpus, pack_short_chunks=job.decoding.pack_short_chunks,
@@ -367,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N manifest rows only")
     parser.add_argument("--repeat", type=int, default=None, help="repeat the manifest K times under new ids")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a bench config field, e.g. --set job.transcribe.batch_size=16")
+                        help="override a bench config field, e.g. --set job.model.batch_size=16")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out_dir = Path(args.output).resolve()

@@ -142,7 +142,7 @@ class TranscribeStage:
         self.cfg = cfg
         self.run_id = run_id
         self.fingerprint = config_fingerprint(cfg.model, cfg.decoding, cfg.chunking)
-        self.transcriber = transcriber or Transcriber(cfg.model, cfg.decoding, cfg.transcribe.batch_size)
+        self.transcriber = transcriber or Transcriber(cfg.model, cfg.decoding)
 
     @staticmethod
     def chunks_of(row: dict) -> list[Chunk]:

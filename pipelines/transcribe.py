@@ -470,7 +470,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output folder for the Parquet dataset (local or URL)")
     parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG} if present)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set transcribe.batch_size=16 (repeatable)")
+                        help="override a config field, e.g. --set model.batch_size=16 (repeatable)")
     parser.add_argument("--run-id", default=None, help="run id recorded in every row (default: time + random)")
     parser.add_argument("--retry-errors", action="store_true",
                         help="also redo the rows whose current row in --output is an error row")

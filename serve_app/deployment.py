@@ -54,7 +54,7 @@ class TranscriberDeployment:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         t0 = time.perf_counter()
-        self.transcriber = Transcriber(cfg.model, cfg.decoding, cfg.deployment.transcribe_batch_size)
+        self.transcriber = Transcriber(cfg.model, cfg.decoding)
         self.load_s = time.perf_counter() - t0
         self._batched.set_max_batch_size(cfg.deployment.max_batch_size)
         self._batched.set_batch_wait_timeout_s(cfg.deployment.batch_wait_timeout_s)

@@ -159,19 +159,20 @@ class BareTranscriber:
         from pipelines.core.transcriber import Transcriber
 
         self.cfg = cfg
-        self.transcriber = Transcriber(cfg.model, cfg.decoding, cfg.deployment.transcribe_batch_size)
+        self.transcriber = Transcriber(cfg.model, cfg.decoding)
 
     def run(self, clip: Clip) -> tuple[float, float]:
         """(decode + VAD chunk + transcribe + stitch, transcribe alone) wall times in seconds for ``clip``."""
         from pipelines.core.audio import decode_audio
         from pipelines.core.chunking import chunk_audio, slice_chunk
+        from pipelines.core.constants import SAMPLE_RATE
         from pipelines.core.stitch import stitch_file
         from pipelines.core.transcriber import Chunk
 
         t0 = time.perf_counter()
         audio = decode_audio(clip.data, name=clip.name)
         spans = chunk_audio(audio.samples, self.cfg.chunking)
-        chunks = [Chunk("clip", j, s.offset_s, slice_chunk(audio.samples, s, 16000)) for j, s in enumerate(spans)]
+        chunks = [Chunk("clip", j, s.offset_s, slice_chunk(audio.samples, s, SAMPLE_RATE)) for j, s in enumerate(spans)]
         t1 = time.perf_counter()
         stitch_file(self.transcriber.transcribe_chunks(chunks), audio.duration_s)
         t2 = time.perf_counter()

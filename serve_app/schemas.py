@@ -2,7 +2,7 @@
 
 The request's form fields are validated once into :class:`TranscriptionRequest`; the ingress decodes and chunks the
 upload into a :class:`TranscriptionJob` for the model deployment. ``verbose_json`` segments and words are the
-:class:`~pipelines.core.schema.Segment` dicts of the Parquet rows, field for field (DESIGN.md, invariant 4).
+:class:`~pipelines.core.schema.Segment` dicts of the Parquet rows, field for field (docs/architecture.md, invariant 4).
 """
 
 from __future__ import annotations
@@ -10,18 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from faster_whisper.tokenizer import _LANGUAGE_CODES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.config import DecodingConfig
 from pipelines.core.schema import SCHEMA_VERSION, Transcript
 from pipelines.core.transcriber import Chunk
+from pipelines.core.whisper import LANGUAGE_CODES
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 Granularity = Literal["segment", "word"]
-
-#: Whisper's language codes (the ones faster-whisper's tokenizer accepts).
-LANGUAGE_CODES = frozenset(_LANGUAGE_CODES)
 
 
 # ------------------------------------------------------------------------------------------------------- errors

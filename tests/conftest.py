@@ -42,7 +42,7 @@ def transcriber(job_config):
     """One tiny.en transcriber for the whole session (loading costs ~1 s)."""
     from pipelines.core.transcriber import Transcriber
 
-    return Transcriber(job_config.model, job_config.decoding, batch_size=8)
+    return Transcriber(job_config.model, job_config.decoding)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ def test_overrides_are_parsed_as_yaml_values():
 @pytest.mark.parametrize(
     "override, field",
     [("decoding.beam_size=0", "decoding.beam_size"), ("decoding.beem_size=3", "decoding.beem_size"),
-     ("transcribe.batch_size=lots", "transcribe.batch_size"), ("model.device=tpu", "model.device")],
+     ("model.batch_size=lots", "model.batch_size"), ("model.device=tpu", "model.device")],
 )
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -56,7 +56,7 @@ def test_config_is_frozen():
 def test_fingerprint_follows_text_changing_settings_only():
     base = load_config(None)
     fp = config_fingerprint(base.model, base.decoding, base.chunking)
-    faster = load_config(None, ["transcribe.batch_size=32", "transcribe.max_actors=4", "model.cpu_threads=8"])
+    faster = load_config(None, ["model.batch_size=32", "transcribe.max_actors=4", "model.cpu_threads=8"])
     assert config_fingerprint(faster.model, faster.decoding, faster.chunking) == fp
     other = load_config(None, ["decoding.beam_size=1"])
     assert config_fingerprint(other.model, other.decoding, other.chunking) != fp

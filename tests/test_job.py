@@ -107,8 +107,8 @@ def test_cli_refuses_bad_manifest_before_work(tmp_path):
 
 def test_cli_refuses_bad_config_before_work(tmp_path, corpus):
     result = _cli("--manifest", str(corpus / "manifest.jsonl"), "--output", str(tmp_path / "out"),
-                  "--set", "transcribe.batch_size=0")
-    assert result.returncode == 2 and "transcribe.batch_size" in result.stderr
+                  "--set", "model.batch_size=0")
+    assert result.returncode == 2 and "model.batch_size" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

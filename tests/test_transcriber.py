@@ -92,7 +92,7 @@ def test_workers_decode_batches_at_once_on_real_speech(job_config, corpus):
     rows = [r for r in corpus_rows() if r["path"].startswith("ljspeech/LJ001-00")][:6]
     chunks = [Chunk(r["path"], 0, 0.0, decode_audio(corpus / r["path"]).samples) for r in rows]
     tr = Transcriber(job_config.model.model_copy(update={"num_workers": 2, "cpu_threads": 1}),
-                     job_config.decoding.model_copy(update={"pack_short_chunks": False}), batch_size=8)
+                     job_config.decoding.model_copy(update={"pack_short_chunks": False}))
     seen: set[str] = set()
     running, overlap = [0], [0]
     lock = threading.Lock()

@@ -1,4 +1,5 @@
 """Ray-free core of raywhisper: decode, chunk, transcribe and stitch.
 
-Nothing in this package imports Ray, FastAPI or MLflow (DESIGN.md, invariant 2); a test holds that line.
+Nothing in this package imports Ray, FastAPI or MLflow (docs/architecture.md, invariant 2);
+tests/test_import_contracts.py holds that line.
 """

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipelines.core.errors import AudioDecodeError, AudioLimitError, AudioTooLongError
 
-SAMPLE_RATE = 16000  # Hz, Whisper's input rate
+from pipelines.core.constants import SAMPLE_RATE  # noqa: F401 - Hz, Whisper's input rate (re-exported here)
 #: A file whose container says it lasts longer than this fraction more than what decodes is called truncated.
 TRUNCATION_TOLERANCE = 0.05
 TRUNCATION_MIN_S = 0.5  # ...and the gap must be at least this many seconds (container estimates are rough)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-from pipelines.config import ChunkingConfig
+from pipelines.core.options import ChunkingConfig
+from pipelines.core.whisper import speech_timestamps
 
 
 @dataclass(frozen=True)
@@ -38,15 +37,12 @@ def detect_speech(samples: np.ndarray, cfg: ChunkingConfig) -> list[SpeechSpan]:
     Runs longer than ``cfg.max_chunk_s`` are split by the VAD itself (``max_speech_duration_s``), at the
     quietest point it finds, so every run fits one chunk.
     """
-    options = VadOptions(
-        threshold=cfg.vad_threshold,
-        min_speech_duration_ms=cfg.min_speech_duration_ms,
-        max_speech_duration_s=cfg.max_chunk_s,
-        min_silence_duration_ms=cfg.min_silence_duration_ms,
-        speech_pad_ms=cfg.speech_pad_ms,
+    spans = speech_timestamps(
+        samples, threshold=cfg.vad_threshold, min_speech_duration_ms=cfg.min_speech_duration_ms,
+        max_speech_duration_s=cfg.max_chunk_s, min_silence_duration_ms=cfg.min_silence_duration_ms,
+        speech_pad_ms=cfg.speech_pad_ms, sample_rate=cfg.sample_rate,
     )
-    spans = get_speech_timestamps(samples, options, sampling_rate=cfg.sample_rate)
-    return [SpeechSpan(int(s["start"]), int(s["end"])) for s in spans]
+    return [SpeechSpan(start, end) for start, end in spans]
 
 
 def merge_speech(

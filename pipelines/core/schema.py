@@ -1,4 +1,5 @@
-"""The one output schema (DESIGN.md, invariant 4), shared by the Parquet rows and the endpoint's verbose_json.
+"""The one output schema (docs/architecture.md, invariant 4), shared by the Parquet rows and the endpoint's
+verbose_json.
 
 Segment and word fields use the names of OpenAI's ``verbose_json``: ``start`` and ``end`` in seconds of file time,
 ``avg_logprob``, ``compression_ratio``, ``no_speech_prob``, ``temperature``, ``words[].word/start/end/probability``.

@@ -4,7 +4,7 @@ A run (see ``pipelines/transcribe.py``) reads the key columns of the rows alread
 (:func:`load_index`), hashes every manifest row's file, then :func:`plan_run` sorts each manifest row into one of:
 
 - **keep**: the folder has a row for this id with the same ``sha256``, the same fingerprint
-  (:func:`pipelines.config.row_fingerprint`), the same ``audio_filepath`` and ``reference``, and it is finished
+  (:func:`pipelines.core.options.row_fingerprint`), the same ``audio_filepath`` and ``reference``, and it is finished
   (``ok``/``empty``), or an ``error`` row when errors are not being retried. It stays as it is (its ``run_id`` too).
 - **copy**: identical audio with the same fingerprint is finished elsewhere in the folder, or is transcribed by
   this run for another row: the row is written as a copy of that transcript (``duplicate_of`` names the source).
@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from pipelines.config import row_fingerprint
+from pipelines.core.options import row_fingerprint
 from pipelines.core.errors import StorageError
 from pipelines.core.schema import SCHEMA_VERSION, STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from pipelines.io.manifest import ManifestRow
@@ -153,7 +153,7 @@ def plan_run(rows: Sequence[ManifestRow], hashes: Mapping[str, Optional[str]], d
         rows: the manifest, ids unique.
         hashes: each row id's ``sha256`` now, None where the file cannot be read.
         done: the rows in the folder (:func:`load_index`).
-        job_fingerprint: :func:`pipelines.config.config_fingerprint` of the run's config.
+        job_fingerprint: :func:`pipelines.core.options.config_fingerprint` of the run's config.
         retry_errors: redo rows whose current row is an error (else an error row stands, like a finished one,
             as long as its file and config are unchanged).
     """
