@@ -75,6 +75,13 @@ class TranscribeStageConfig(_Frozen):
     max_actors: int = Field(1, ge=1, description="Actors at most (autoscaling between min and max).")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on GPU nodes).")
+    max_cluster_gpus: Optional[float] = Field(
+        None, ge=0, description=(
+            "GPUs the cluster's autoscaler can reach (its GPU worker group's max_workers x GPUs per node), for the "
+            "GPU pre-flight check: with too few GPUs in the cluster now, the job waits for the autoscaler when this "
+            "is at least num_gpus, and stops at once otherwise. None: unknown (only GPUs present now count). Ray "
+            "has no public API that reads the autoscaler's limits, so the config says it."),
+    )
     files_per_batch: int = Field(16, ge=1, description="Files handed to an actor per call (their chunks are pooled).")
     max_retries_per_file: int = Field(1, ge=0, description="Retries of a file alone after its batch failed.")
     max_task_retries: int = Field(

@@ -1,4 +1,4 @@
-"""Pre-flight checks the job driver runs once Ray is up and before any work (DESIGN.md, invariant 5).
+"""Pre-flight checks the job driver runs once Ray is up and before any work (docs/architecture.md, invariant 5).
 
 :func:`check_gpu` makes a GPU config fail fast, with a message a person can act on, instead of either of the
 quiet failures it would otherwise meet on a cluster:
@@ -86,8 +86,8 @@ def check_gpu_capacity(cfg: JobConfig, cluster_gpus: float, max_gpus: Optional[f
 
     Args:
         cluster_gpus: GPUs in the cluster now (``ray.cluster_resources()['GPU']``).
-        max_gpus: the most GPUs the autoscaler can reach, from its config; None when the job cannot read it (a
-            fixed cluster, a hand-started ``ray start``, or an autoscaler that does not publish its config).
+        max_gpus: the most GPUs the autoscaler can reach (``transcribe.max_cluster_gpus``: Ray has no public API
+            that reads the autoscaler's limits); None when unknown (a fixed cluster, a hand-started ``ray start``).
 
     Returns:
         True when the check should wait for a GPU (enough exist now, or the autoscaler can add them).
@@ -103,9 +103,9 @@ def check_gpu_capacity(cfg: JobConfig, cluster_gpus: float, max_gpus: Optional[f
     if max_gpus is not None:
         can = f"and its autoscaler can reach at most {max_gpus:g}"
     else:
-        can = ("and the job sees no autoscaler config that could add GPU nodes (if the cluster does scale GPU "
-               "nodes up from zero, keep one GPU worker running: min_workers: 1 in cluster.yaml, minReplicas: 1 "
-               "in deploy/)")
+        can = ("and no autoscaler config says it could add GPU nodes (if the cluster does scale GPU nodes up from "
+               "zero, set transcribe.max_cluster_gpus to the GPUs its autoscaler can reach, or keep one GPU worker "
+               "running: min_workers: 1 in cluster.yaml, minReplicas: 1 in deploy/)")
     raise GpuUnavailableError(
         f"transcribe.num_gpus={n:g} per transcription actor, but the Ray cluster has {cluster_gpus:g} GPU(s) "
         f"{can}. Submit to a cluster with GPU workers (cluster.yaml, deploy/rayjob.yaml), or run on CPU with "
@@ -137,14 +137,15 @@ def check_probe(cfg: JobConfig, probe: CudaProbe) -> None:
 
 def probe_cuda() -> CudaProbe:
     """Run inside a Ray task that holds the actors' GPU share: what CTranslate2 sees there."""
-    import ctranslate2
     import ray
+
+    from pipelines.core.whisper import cuda_device_count, library_versions, supported_compute_types
 
     count, types, error = 0, (), None
     try:
-        count = ctranslate2.get_cuda_device_count()
+        count = cuda_device_count()
         if count:
-            types = tuple(sorted(ctranslate2.get_supported_compute_types("cuda")))
+            types = supported_compute_types("cuda")
     except Exception as exc:  # noqa: BLE001 - reported in the message, whatever it is
         error = f"{type(exc).__name__}: {exc}"
     return CudaProbe(
@@ -153,21 +154,9 @@ def probe_cuda() -> CudaProbe:
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         ray_gpu_ids=tuple(str(g) for g in ray.get_gpu_ids()),
         compute_types=types,
-        ctranslate2_version=getattr(ctranslate2, "__version__", "?"),
+        ctranslate2_version=library_versions()["ctranslate2"],
         error=error,
     )
-
-
-def _autoscaler_max_gpus() -> Optional[float]:
-    """The most GPUs the autoscaler can reach, or None when its config is not readable (private Ray API, as
-    Ray Train uses it; any failure means 'unknown')."""
-    try:
-        from ray._private.state import state
-
-        limits = state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001
-        return None
-    return None if limits is None else float(limits.get("GPU", 0))
 
 
 def check_gpu(cfg: JobConfig, wait_s: float = GPU_WAIT_S) -> Optional[CudaProbe]:
@@ -191,7 +180,7 @@ def check_gpu(cfg: JobConfig, wait_s: float = GPU_WAIT_S) -> Optional[CudaProbe]
 
     n = cfg.transcribe.num_gpus
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-    max_gpus = _autoscaler_max_gpus()
+    max_gpus = cfg.transcribe.max_cluster_gpus
     check_gpu_capacity(cfg, cluster_gpus, max_gpus)
     log.info("GPU check: %g GPU(s) in the cluster%s; running a CUDA probe with num_gpus=%g (waiting up to %.0f s)",
              cluster_gpus, "" if max_gpus is None else f", up to {max_gpus:g} with autoscaling", n, wait_s)

@@ -96,3 +96,29 @@ def test_unsupported_compute_type_fails():
 
 def test_gpu_unavailable_is_a_config_error_so_the_cli_exits_2():
     assert issubclass(GpuUnavailableError, ConfigError)
+
+
+def test_the_autoscalers_reach_comes_from_the_config():
+    """Ray has no public API for the autoscaler's limits: transcribe.max_cluster_gpus says them (unset: unknown, so
+    a cluster without GPUs now stops at once, with the setting named in the message)."""
+    assert gpu_cfg().transcribe.max_cluster_gpus is None
+    scaling = gpu_cfg("transcribe.max_cluster_gpus=8")
+    assert check_gpu_capacity(scaling, cluster_gpus=0, max_gpus=scaling.transcribe.max_cluster_gpus)
+    with pytest.raises(GpuUnavailableError, match=r"set transcribe\.max_cluster_gpus"):
+        check_gpu_capacity(gpu_cfg(), cluster_gpus=0, max_gpus=gpu_cfg().transcribe.max_cluster_gpus)
+
+
+def test_probe_reads_cuda_through_the_adapter(monkeypatch):
+    """probe_cuda asks CTranslate2 through pipelines.core.whisper (no ctranslate2 import of its own)."""
+    import ray
+
+    import pipelines.core.whisper as whisper
+    from pipelines.preflight import probe_cuda
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])  # outside a task it would start a local Ray
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "10.0.0.7")
+    monkeypatch.setattr(whisper, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(whisper, "supported_compute_types", lambda device: ("float16", "float32"))
+    seen = probe_cuda()
+    assert seen.cuda_devices == 1 and seen.compute_types == ("float16", "float32") and seen.error is None
+    assert seen.ctranslate2_version == whisper.library_versions()["ctranslate2"]
