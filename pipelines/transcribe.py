@@ -244,13 +244,18 @@ def hash_rows(cfg: JobConfig, rows: Sequence[ManifestRow], storage: Optional[Sto
     storage = storage or resolve_storage(cfg.storage)
 
     rows_per_block = 64
+    # A row with an error from the manifest (a name that is not UTF-8) is never read: no hash, no copy of another
+    # row's transcript by identical audio.
+    hashes: dict[str, Optional[str]] = {r.id: None for r in rows if r.error}
+    rows = [r for r in rows if not r.error]
+    unreachable: set[str] = set()
+    if not rows:
+        return hashes, unreachable
     ds = ray.data.from_items([{"id": r.id, "uri": r.uri} for r in rows],
                              override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
     ds = ds.map_batches(HashStage, fn_constructor_args=(cfg, storage), batch_size=rows_per_block,
                         batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.decode.concurrency),
                         num_cpus=cfg.decode.num_cpus)
-    hashes: dict[str, Optional[str]] = {}
-    unreachable: set[str] = set()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         ids = batch.column("id").to_pylist()
         hashes.update(zip(ids, batch.column("sha256").to_pylist()))

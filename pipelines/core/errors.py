@@ -29,6 +29,11 @@ class AudioLimitError(AudioDecodeError):
     count outside what is sane. Refused before it is decoded, so it cannot exhaust memory."""
 
 
+class InputNameError(AudioDecodeError):
+    """An input's path is not valid UTF-8 (a listed file's name in another encoding): the job cannot write it to
+    Parquet as it is, so the row shows it backslash-escaped and the file is not read."""
+
+
 class TranscriptionError(RaywhisperError):
     """The model failed on a chunk of an otherwise decodable file."""
 
