@@ -59,7 +59,8 @@ def test_generated_ids_that_collide_with_each_other_stop_the_job(tmp_path):
     manifest = _write_manifest(tmp_path / "m.jsonl", [{"path": "a.wav#3"}, {"path": "a.wav"}, {"path": "a.wav"}])
     with pytest.raises(ManifestError, match=r"line 3: .*'a\.wav#3'.*already the id of line 1 \(generated there\)"):
         read_manifest(str(manifest))
-    ok = _write_manifest(tmp_path / "ok.jsonl", [{"path": "a.wav"}, {"path": "b.wav", "id": "a.wav"}, {"path": "a.wav"}])
+    ok = _write_manifest(tmp_path / "ok.jsonl",
+                         [{"path": "a.wav"}, {"path": "b.wav", "id": "a.wav"}, {"path": "a.wav"}])
     assert [r.id for r in read_manifest(str(ok))] == ["a.wav#1", "a.wav", "a.wav#3"]  # unique: no error
 
 
