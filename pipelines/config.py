@@ -185,6 +185,31 @@ class OutputConfig(_Frozen):
 
     rows_per_file: int = Field(256, ge=1, description="Rows per Parquet part file (a part is written atomically).")
     compression: str = Field("zstd", description="Parquet compression codec.")
+    flush_interval_s: float = Field(
+        60.0, gt=0,
+        description="Longest a finished row waits in memory (s): once the oldest buffered row is this old, the rows "
+                    "in hand are written as a part even if fewer than rows_per_file (checked on every write and by a "
+                    "timer while no rows arrive). A killed driver loses at most about this much finished work.",
+    )
+    lock_stale_s: float = Field(
+        300.0, gt=0,
+        description="A run holds the output folder's lock (DIR/_lock.json) and refreshes it every lock_heartbeat_s; "
+                    "a lock not refreshed for this long (s) is stale: its run is taken for dead and the next run "
+                    "takes the lock over. Hosts writing one folder need clocks within a small part of this. A "
+                    "lock left by a process of this host that is gone is taken over at once.",
+    )
+    lock_heartbeat_s: float = Field(
+        30.0, gt=0,
+        description="How often (s) a run refreshes its lock; at most a third of lock_stale_s. A run whose refresh "
+                    "has failed for lock_stale_s stops writing (another run may have taken the folder over).",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_below_stale(self) -> "OutputConfig":
+        if self.lock_heartbeat_s * 3 > self.lock_stale_s:
+            raise ValueError(f"lock_heartbeat_s ({self.lock_heartbeat_s}) must be at most a third of lock_stale_s "
+                             f"({self.lock_stale_s}), so a live run never looks stale")
+        return self
 
 
 #: Option names that hold credentials; refused in the storage section (credentials come from the environment,

@@ -227,19 +227,36 @@ def _list_audio(uri: str, storage_options: dict) -> list[str]:
 
 
 def _assign_ids(rows: list[ManifestRow], where: str) -> list[ManifestRow]:
-    seen: dict[str, int] = {}
+    """Rows with their final, unique ids: the ``id`` column where given, else ``audio_filepath``, else (the path
+    is listed twice, or is another row's explicit id) ``audio_filepath#line``.
+
+    Raises:
+        ManifestError: two rows end up with one id: an explicit id used twice, or a generated id equal to another
+            row's id (``{"id": "a.wav#3"}`` beside ``a.wav`` listed on lines 2 and 3); the message names both
+            lines, and whether each id was given or generated.
+    """
+    explicit: dict[str, int] = {}
+    for row in rows:
+        if row.id:
+            if row.id in explicit:
+                raise ManifestError(f"{where}, line {row.line}: id {row.id!r} is already used on line "
+                                    f"{explicit[row.id]}; ids must be unique")
+            explicit[row.id] = row.line
+    seen: dict[str, tuple[int, bool]] = {rid: (line, True) for rid, line in explicit.items()}
     out = []
-    explicit = {r.id for r in rows if r.id}
     for row in rows:
         rid = row.id
-        if rid:
-            if rid in seen:
-                raise ManifestError(f"{where}, line {row.line}: id {rid!r} is already used on line {seen[rid]}")
-        else:
+        if not rid:
             rid = row.audio_filepath
-            if rid in seen or rid in explicit:
+            if rid in seen:
                 rid = f"{row.audio_filepath}#{row.line}"
-        seen[rid] = row.line
+            if rid in seen:
+                line, given = seen[rid]
+                raise ManifestError(
+                    f"{where}, line {row.line}: the id generated for this row ({rid!r}: its path and line, as the "
+                    f"path is listed more than once or is another row's id) is already the id of line {line} "
+                    f"({'given' if given else 'generated'} there); give these rows explicit, unique ids")
+            seen[rid] = (row.line, False)
         out.append(replace(row, id=rid))
     return out
 
@@ -255,12 +272,13 @@ def read_manifest(uri: str, storage_options: Optional[dict] = None) -> list[Mani
 
     Returns:
         Rows in manifest order with unique ids (the ``id`` column, else ``audio_filepath``, made unique by
-        ``#line`` when a path is listed twice). A path that is not valid UTF-8 (a listed file's name) is shown
-        escaped and its row carries an ``error`` instead of failing the manifest.
+        ``#line`` when a path is listed twice or is another row's id). A path that is not valid UTF-8 (a listed
+        file's name) is shown escaped and its row carries an ``error`` instead of failing the manifest.
 
     Raises:
-        ManifestError: unreadable manifest, bad JSON/CSV/Parquet, a row without a path, duplicate ids, an empty
-            input, an id/language/prompt/reference that is not valid UTF-8; the message names the file and line.
+        ManifestError: unreadable manifest, bad JSON/CSV/Parquet, a row without a path, duplicate ids (given or
+            generated: the message names both lines), an empty input, an id/language/prompt/reference that is not
+            valid UTF-8; the message names the file and line.
     """
     storage_options = storage_options or {}
     uri = _local(uri)
