@@ -14,8 +14,8 @@ Each system runs in its own child process (one process tree per system, so Ray's
 the parent samples the resident memory of that whole tree; then the parent logs one MLflow run per system:
 params (model, compute type, beam, batch size, actors, threads, library versions, git commit), metrics (audio
 and wall seconds, real-time factor, files per second, WER overall and per subset, peak memory) and artifacts
-(the per-file results table, a plot and the bench config with credentials masked), and prints a side-by-side table with each baseline's wall time over
-the job's. The tracking store defaults to ``sqlite:///<output>/mlflow.db``; ``MLFLOW_TRACKING_URI`` overrides.
+(the per-file results table, a plot and the bench config with credentials masked), and prints a side-by-side
+table with each baseline's wall time over the job's. The tracking store defaults to ``sqlite:///<output>/mlflow.db``; ``MLFLOW_TRACKING_URI`` overrides.
 """
 
 from __future__ import annotations

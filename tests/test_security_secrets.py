@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import io
 import os
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def test_every_default_config_passes_unchanged():
     from pipelines.redact import scrub
 
     dumps = [JobConfig().model_dump(mode="json"), ServeConfig().model_dump(mode="json"),
-             BenchConfig().model_dump(mode="json"), load_config(ROOT / "configs" / "local.yaml").model_dump(mode="json"),
+             BenchConfig().model_dump(mode="json"),
+             load_config(ROOT / "configs" / "local.yaml").model_dump(mode="json"),
              load_config(ROOT / "configs" / "gpu.yaml").model_dump(mode="json"),
              load_bench_config(str(ROOT / "configs" / "bench" / "dev.yaml")).model_dump(mode="json")]
     args = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]["args"]
@@ -97,7 +99,8 @@ def test_every_default_config_passes_unchanged():
     ("see 'https://u:p@ss@h/m.jsonl', then", "see 'https://***@h/m.jsonl', then"),  # an unescaped @ in it
     ("https://b.s3.amazonaws.com/k.flac?X-Amz-Credential=AKIA%2F1&X-Amz-Date=1&X-Amz-Signature=ab12#t",
      "https://b.s3.amazonaws.com/k.flac?X-Amz-Credential=***&X-Amz-Date=1&X-Amz-Signature=***#t"),
-    ("https://a.blob.core.windows.net/c/x.wav?sv=2022&sig=abc%3D", "https://a.blob.core.windows.net/c/x.wav?sv=2022&sig=***"),
+    ("https://a.blob.core.windows.net/c/x.wav?sv=2022&sig=abc%3D",
+     "https://a.blob.core.windows.net/c/x.wav?sv=2022&sig=***"),
     ("Authorization: Bearer eyJhbGciOi.J9x", "Authorization: Bearer ***"),
     ("my fellow americans, ask not", "my fellow americans, ask not"),
 ])
@@ -123,7 +126,7 @@ def test_log_lines_are_scrubbed():
     from pipelines.redact import ScrubbingFormatter, install_log_scrubber
 
     logger = logging.getLogger("raywhisper.test-redact")
-    stream = __import__("io").StringIO()
+    stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger.addHandler(handler)
