@@ -51,6 +51,7 @@ from pipelines.io.output import ERRORS_FILE, OutputFolder, PartWriter, write_sum
 from pipelines.io.resume import FolderState, Plan, copy_row, folder_state, load_index, plan_run
 from pipelines.io.storage import Storage, check_output, is_transient, resolve_storage
 from pipelines.preflight import check_gpu
+from pipelines.redact import install_log_scrubber, scrub_text
 
 log = logging.getLogger("raywhisper")
 
@@ -551,6 +552,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import os
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_scrubber()  # a URI's user:password@ never reaches the log (pipelines.redact)
     args = parse_args(argv)
     config_path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     try:
@@ -558,15 +560,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = run_job(cfg, args.manifest, args.output, args.run_id,
                           overwrite=args.overwrite, retry_errors=args.retry_errors, break_lock=args.break_lock)
     except (ConfigError, ManifestError, StorageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(scrub_text(f"error: {exc}"), file=sys.stderr)
         return 2
     except OutputIntegrityError as exc:
         if getattr(exc, "summary", None) is not None:
-            print(exc.summary.render())
-        print(f"error: {exc}", file=sys.stderr)
+            print(scrub_text(exc.summary.render()))
+        print(scrub_text(f"error: {exc}"), file=sys.stderr)
         return EXIT_NOT_EXACTLY_ONCE
-    print(summary.render())
-    print(f"transcripts: {args.output} (pandas.read_parquet({args.output!r}))")
+    print(scrub_text(summary.render()))
+    print(scrub_text(f"transcripts: {args.output} (pandas.read_parquet({args.output!r}))"))
     return EXIT_ERROR_RATE if summary.error_rate_exceeded else 0
 
 

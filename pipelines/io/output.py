@@ -47,6 +47,7 @@ from fsspec.core import url_to_fs
 from pipelines.core.errors import StorageError
 from pipelines.core.schema import TRANSCRIPT_SCHEMA
 from pipelines.io.storage import RetryPolicy, is_object_store, move_file, remove_file, write_atomic
+from pipelines.redact import scrub
 
 RUNS_DIR = "_runs"
 TMP_DIR = "_tmp"
@@ -345,9 +346,10 @@ class PartWriter:
 def write_summary(output_uri: str, run_id: str, summary: dict, storage_options: Optional[dict] = None,
                   retry: Optional[RetryPolicy] = None) -> str:
     """Write ``summary`` as ``_runs/<run_id>.json`` under the output folder (atomically, replacing an earlier
-    summary of the run); returns its path."""
+    summary of the run); returns its path. The summary goes through :func:`pipelines.redact.scrub` first: no
+    credential in the config it carries, no userinfo in a URL, reaches the file."""
     fs, root = url_to_fs(output_uri, **(storage_options or {}))
     path = posixpath.join(root.rstrip("/"), RUNS_DIR, f"{run_id}.json")
-    data = json.dumps(summary, indent=2, default=str).encode()
+    data = json.dumps(scrub(summary), indent=2, default=str).encode()
     write_atomic(fs, path, data, retry, posixpath.join(root.rstrip("/"), TMP_DIR))
     return path
