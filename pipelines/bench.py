@@ -14,8 +14,8 @@ Each system runs in its own child process (one process tree per system, so Ray's
 the parent samples the resident memory of that whole tree; then the parent logs one MLflow run per system:
 params (model, compute type, beam, batch size, actors, threads, library versions, git commit), metrics (audio
 and wall seconds, real-time factor, files per second, WER overall and per subset, peak memory) and artifacts
-(the per-file results table and a plot), and prints a side-by-side table with each baseline's wall time over
-the job's. The tracking store defaults to ``sqlite:///<output>/mlflow.db``; ``MLFLOW_TRACKING_URI`` overrides.
+(the per-file results table, a plot and the bench config with credentials masked), and prints a side-by-side
+table with each baseline's wall time over the job's. The tracking store defaults to ``sqlite:///<output>/mlflow.db``; ``MLFLOW_TRACKING_URI`` overrides.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.config import JobConfig, apply_overrides, load_tree
 from pipelines.core.errors import ConfigError
+from pipelines.redact import install_log_scrubber, scrub, scrub_text
 
 SYSTEMS = ("raywhisper", "faster-whisper-sequential", "faster-whisper-batched")
 SystemName = Literal["raywhisper", "faster-whisper-sequential", "faster-whisper-batched"]
@@ -298,7 +299,9 @@ def _plot(all_metrics: dict[str, dict], path: Path) -> None:
 
 def log_to_mlflow(cfg: BenchConfig, tracking_uri: str, rows: list[dict], results: dict[str, dict],
                   all_metrics: dict[str, dict], out_dir: Path) -> dict[str, str]:
-    """One MLflow run per system; returns ``{system: run_id}``."""
+    """One MLflow run per system (params, metrics, the per-file results table, the plot and the whole bench
+    config as ``bench_config.json``; params and config pass through :func:`pipelines.redact.scrub`); returns
+    ``{system: run_id}``."""
     import csv
 
     import mlflow
@@ -324,7 +327,8 @@ def log_to_mlflow(cfg: BenchConfig, tracking_uri: str, rows: list[dict], results
                 wer = word_error_rate([ref], [hyp]) if normalize(ref).strip() else ""
                 writer.writerow([r["id"], r.get("subset", ""), got.get("duration_s"), got.get("status"), ref, hyp, wer])
         with mlflow.start_run(run_name=system) as run:
-            mlflow.log_params(system_params(system, cfg, len(rows)))
+            mlflow.log_params(scrub(system_params(system, cfg, len(rows))))
+            mlflow.log_dict(scrub(cfg.model_dump(mode="json")), "bench_config.json")  # credentials masked
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             mlflow.log_artifact(str(table))
             mlflow.log_artifact(str(plot))
@@ -365,12 +369,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_bench_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(scrub_text(f"error: {exc}"), file=sys.stderr)
         return 2
     if args._child:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        install_log_scrubber()
         result = run_system(args._child, cfg, Path(args.manifest), out_dir)
         (out_dir / f"{args._child}.result.json").write_text(json.dumps(result))
         return 0
@@ -394,7 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out_dir / 'mlflow.db'}"
     run_ids = log_to_mlflow(cfg, tracking_uri, rows, results, all_metrics, out_dir)
     print(render_table(all_metrics))
-    print(f"MLflow: {tracking_uri} experiment {cfg.experiment!r} runs {run_ids}")
+    print(scrub_text(f"MLflow: {tracking_uri} experiment {cfg.experiment!r} runs {run_ids}"))
     return 0
 
 

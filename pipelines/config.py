@@ -104,6 +104,31 @@ class OutputConfig(_Frozen):
 
     rows_per_file: int = Field(256, ge=1, description="Rows per Parquet part file (a part is written atomically).")
     compression: str = Field("zstd", description="Parquet compression codec.")
+    flush_interval_s: float = Field(
+        60.0, gt=0,
+        description="Longest a finished row waits in memory (s): once the oldest buffered row is this old, the rows "
+                    "in hand are written as a part even if fewer than rows_per_file (checked on every write and by a "
+                    "timer while no rows arrive). A killed driver loses at most about this much finished work.",
+    )
+    lock_stale_s: float = Field(
+        300.0, gt=0,
+        description="A run holds the output folder's lock (DIR/_lock.json) and refreshes it every lock_heartbeat_s; "
+                    "a lock not refreshed for this long (s) is stale: its run is taken for dead and the next run "
+                    "takes the lock over. Hosts writing one folder need clocks within a small part of this. A "
+                    "lock left by a process of this host that is gone is taken over at once.",
+    )
+    lock_heartbeat_s: float = Field(
+        30.0, gt=0,
+        description="How often (s) a run refreshes its lock; at most a third of lock_stale_s. A run whose refresh "
+                    "has failed for lock_stale_s stops writing (another run may have taken the folder over).",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_below_stale(self) -> "OutputConfig":
+        if self.lock_heartbeat_s * 3 > self.lock_stale_s:
+            raise ValueError(f"lock_heartbeat_s ({self.lock_heartbeat_s}) must be at most a third of lock_stale_s "
+                             f"({self.lock_stale_s}), so a live run never looks stale")
+        return self
 
 
 #: Option names that hold credentials; refused in the storage section (credentials come from the environment,
@@ -199,7 +224,21 @@ class StorageConfig(_Frozen):
         return self
 
 
-class GuardsConfig(_Frozen):
+class StreamGuardsConfig(_Frozen):
+    """What an input's audio stream may be, checked from its header before it is decoded (and again on the first
+    decoded frame): the part of the guards that the job (``JobConfig.guards``) and the endpoint
+    (``ServeConfig.guards``) share, applied by the same code (``pipelines.core.audio.decode_audio``, ``limits``).
+    A refused input becomes an error row in the job and a 400 at the endpoint."""
+
+    min_sample_rate_hz: int = Field(
+        4000, ge=1, description="Streams below this sample rate are refused (a 100 Hz 'wav' upsamples 160x; a 1 Hz "
+                                "one 16000x: 3.6 KB declaring 1 Hz would decode to an hour, 230 MB of float32)."
+    )
+    max_sample_rate_hz: int = Field(384000, ge=1, description="Streams above this sample rate are refused.")
+    max_channels: int = Field(64, ge=1, description="Streams with more channels than this are refused.")
+
+
+class GuardsConfig(StreamGuardsConfig):
     """Limits that turn a hostile or broken input into an error row before it can exhaust memory, and the job's
     error-rate alarm. (The duration limit is ``chunking.max_audio_duration_s``.)"""
 
@@ -210,11 +249,6 @@ class GuardsConfig(_Frozen):
             "storage (a HEAD). A decode actor holds a whole file in memory."
         ),
     )
-    min_sample_rate_hz: int = Field(
-        4000, ge=1, description="Streams below this sample rate become error rows (a 100 Hz 'wav' upsamples 160x)."
-    )
-    max_sample_rate_hz: int = Field(384000, ge=1, description="Streams above this sample rate become error rows.")
-    max_channels: int = Field(64, ge=1, description="Streams with more channels than this become error rows.")
     max_error_rate: Optional[float] = Field(
         None, ge=0, le=1, description=(
             "Fail the job (summary in capitals, exit code 3) when more than this fraction of the manifest's rows "
@@ -442,16 +476,44 @@ class ServeHTTPConfig(_Frozen):
                                "max_ongoing_requests + max_queued_requests so overload is answered with a JSON 503.",
     )
     ready_timeout_s: float = Field(10.0, gt=0, description="How long (s) /health/ready waits for the model.")
+    request_timeout_s: float = Field(
+        600.0, gt=0,
+        description="Deadline (s) of one transcription request in the ingress, from its arrival: receiving the upload "
+                    "(408 upload_timeout if it has not all arrived by then), then reading a url, decoding and "
+                    "transcribing (504 timeout; the model call is cancelled, though a batch the model has already "
+                    "started runs to its end). 600 s is the OpenAI Python client's "
+                    "default timeout, so a longer deadline would only serve clients that have given up. Keep Serve's "
+                    "http_options.request_timeout_s (the proxy's backstop) a little above it.",
+    )
+    openapi_docs: bool = Field(
+        True, description="Serve the interactive docs (/docs, /redoc) and the schema (/openapi.json); false: 404."
+    )
     url_input: ServeURLInputConfig = Field(default_factory=ServeURLInputConfig)
+
+
+class ServeGuardsConfig(StreamGuardsConfig):
+    """The endpoint's input guards: the job's stream limits (sample rate, channels; same type, same checks) and a
+    duration limit for one request. The size limit is ``http.max_upload_bytes`` (uploads and ``url`` reads)."""
+
+    max_audio_duration_s: float = Field(
+        1800.0, gt=0,
+        description="Longest audio one request may carry (s); refused with 400 audio_too_long before decoding when "
+                    "the container declares its duration, else once decoding passes it. The job allows "
+                    "chunking.max_audio_duration_s (4 h); the endpoint takes the smaller of the two. 30 min bounds "
+                    "what one request costs: 115 MB of float32 samples in the ingress while it is chunked, and a "
+                    "transcription that ends well inside http.request_timeout_s. The upload limit does not bound "
+                    "duration: 25 MB of 32 kb/s Opus is 1.7 h.",
+    )
 
 
 class ServeConfig(_Frozen):
     """The Serve endpoint: the same model, decoding and chunking models as the job (docs/architecture.md, invariant
-    1), plus how the model deployment and the HTTP ingress run."""
+    1), the job's input guards, plus how the model deployment and the HTTP ingress run."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    guards: ServeGuardsConfig = Field(default_factory=ServeGuardsConfig)
     deployment: ServeDeploymentConfig = Field(default_factory=ServeDeploymentConfig)
     http: ServeHTTPConfig = Field(default_factory=ServeHTTPConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -19,6 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipelines.core.audio import open_audio
+
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Ray Data streams audio files to a pool of transcription actors.",
@@ -44,8 +46,9 @@ def speak(text: str, path: Path, voice: str = "en-us", words_per_minute: int = 1
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """Samples (float32, shape (n,)) and sample rate of a mono wav, through PyAV."""
-    with av.open(str(path)) as container:
+    """Samples (float32, shape (n,)) and sample rate of a mono wav, through PyAV (opened like every input, by
+    :func:`pipelines.core.audio.open_audio`)."""
+    with open_audio(path) as container:
         stream = container.streams.audio[0]
         rate = stream.codec_context.sample_rate
         frames = [f.to_ndarray().astype(np.float32).reshape(-1) for f in container.decode(stream)]

@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipelines.config import JobConfig, config_fingerprint, row_fingerprint
 from pipelines.core.audio import SourceLimits, decode_audio
 from pipelines.core.chunking import chunk_audio, slice_chunk
-from pipelines.core.errors import AudioDecodeError
+from pipelines.core.errors import AudioDecodeError, InputNameError
 from pipelines.core.schema import (
     SCHEMA_VERSION,
     STATUS_ERROR,
@@ -95,11 +95,14 @@ class DecodeChunkStage:
         self.limits = SourceLimits(g.min_sample_rate_hz, g.max_sample_rate_hz, g.max_channels)
 
     def process(self, row: dict) -> dict:
-        """Decode and chunk one manifest row (see the class doc); never raises for a bad file."""
+        """Decode and chunk one manifest row (see the class doc); never raises for a bad file. A row with an
+        ``error`` from the manifest (:class:`~pipelines.io.manifest.ManifestRow`) becomes its error row unread."""
         out = {name: row.get(name) for name, _ in MANIFEST_FIELDS}
         ck = self.cfg.chunking
         t0 = time.perf_counter()
         try:
+            if row.get("error"):  # found while reading the manifest (a name that is not UTF-8): never read
+                raise InputNameError(row["error"])
             data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
             out["sha256"] = data.sha256
             audio = decode_audio(data.content, ck.sample_rate, ck.max_audio_duration_s, name=row["audio_filepath"],

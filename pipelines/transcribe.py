@@ -1,16 +1,20 @@
 """The batch job: a manifest of audio in, Parquet transcripts out, on Ray Data; rerun it to finish what is left.
 
     python -m pipelines.transcribe --manifest URI --output DIR [--config configs/local.yaml] [--set key=value ...]
-        [--retry-errors] [--overwrite]
+        [--retry-errors] [--overwrite] [--break-lock]
 
 Flow: read and validate the manifest in the driver (a bad manifest or config stops here, before any work) ->
-start or join Ray, GPU pre-flight -> read the key columns of the rows already in ``DIR`` -> hash every manifest
+take the output folder's lock (:mod:`pipelines.io.lock`: one run writes a folder at a time; a second run stops
+with exit code 2 naming the holder) -> start or join Ray, GPU pre-flight -> read the key columns of the rows
+already in ``DIR`` -> hash every manifest
 row's file (:class:`~pipelines.stages.HashStage`) -> plan (:func:`pipelines.io.resume.plan_run`: keep what is
 done, copy identical audio, take stale rows out) -> ``ray.data.from_items`` over the rows left ->
 :class:`~pipelines.stages.DecodeChunkStage` on a CPU actor pool -> :class:`~pipelines.stages.TranscribeStage` on
 the transcription actor pool (``num_gpus`` per actor on GPU nodes, CPU threads otherwise) -> streamed back to the
-driver, which writes Parquet parts as rows arrive, never a second row for an id, and prints a summary. Works the
-same run directly or under ``ray job submit`` (it joins the cluster it finds).
+driver, which writes Parquet parts as rows arrive (a part every ``output.rows_per_file`` rows, or sooner once a
+row has waited ``output.flush_interval_s``), never a second row for an id -> check the folder holds one row per
+manifest row (else exit code 4), release the lock, print a summary. Works the same run directly or under
+``ray job submit`` (it joins the cluster it finds).
 
 Every URI (manifest, audio, output) may be a local path, ``file://``, ``s3://`` or another fsspec URL. The
 ``storage`` config is resolved once in the driver (:func:`pipelines.io.storage.resolve_storage`) and used by every
@@ -38,13 +42,16 @@ from typing import Optional, Sequence
 import pyarrow as pa
 
 from pipelines.config import JobConfig, config_fingerprint, load_config, row_fingerprint
-from pipelines.core.errors import ConfigError, ManifestError, StorageError, WorkerDiedError
+from pipelines.core.errors import (ConfigError, ManifestError, OutputIntegrityError, StorageError,
+                                   WorkerDiedError)
 from pipelines.core.schema import SCHEMA_VERSION, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, rows_to_table
+from pipelines.io.lock import OutputLock
 from pipelines.io.manifest import ManifestRow, read_manifest
 from pipelines.io.output import ERRORS_FILE, OutputFolder, PartWriter, write_summary
 from pipelines.io.resume import FolderState, Plan, copy_row, folder_state, load_index, plan_run
 from pipelines.io.storage import Storage, check_output, is_transient, resolve_storage
 from pipelines.preflight import check_gpu
+from pipelines.redact import install_log_scrubber, scrub_text
 
 log = logging.getLogger("raywhisper")
 
@@ -52,6 +59,11 @@ DEFAULT_CONFIG = "configs/local.yaml"
 #: Exit code of a run whose error rate passed ``guards.max_error_rate`` (2 is a bad config or manifest, or
 #: storage that cannot be used).
 EXIT_ERROR_RATE = 3
+#: Exit code of a run after which the output does not hold exactly one row per manifest row (ids missing or
+#: doubled; the error names them): rerun the same command.
+EXIT_NOT_EXACTLY_ONCE = 4
+#: How many missing / doubled ids the error and the log name.
+IDS_SHOWN = 10
 #: Columns of the errors table (``DIR/_errors.parquet``).
 ERROR_COLUMNS = ["id", "audio_filepath", "sha256", "error_type", "error_message", "attempts", "config_fingerprint",
                  "run_id", "created_at"]
@@ -244,13 +256,18 @@ def hash_rows(cfg: JobConfig, rows: Sequence[ManifestRow], storage: Optional[Sto
     storage = storage or resolve_storage(cfg.storage)
 
     rows_per_block = 64
+    # A row with an error from the manifest (a name that is not UTF-8) is never read: no hash, no copy of another
+    # row's transcript by identical audio.
+    hashes: dict[str, Optional[str]] = {r.id: None for r in rows if r.error}
+    rows = [r for r in rows if not r.error]
+    unreachable: set[str] = set()
+    if not rows:
+        return hashes, unreachable
     ds = ray.data.from_items([{"id": r.id, "uri": r.uri} for r in rows],
                              override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
     ds = ds.map_batches(HashStage, fn_constructor_args=(cfg, storage), batch_size=rows_per_block,
                         batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.decode.concurrency),
                         num_cpus=cfg.decode.num_cpus)
-    hashes: dict[str, Optional[str]] = {}
-    unreachable: set[str] = set()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         ids = batch.column("id").to_pylist()
         hashes.update(zip(ids, batch.column("sha256").to_pylist()))
@@ -344,14 +361,18 @@ def _errors_table(state: FolderState) -> pa.Table:
 
 
 def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = None, *,
-            overwrite: bool = False, retry_errors: bool = False,
+            overwrite: bool = False, retry_errors: bool = False, break_lock: bool = False,
             transcribe_stage: Optional[type] = None) -> RunSummary:
     """Run the whole job, or finish it: rows already done in ``output`` are kept (see
-    :mod:`pipelines.io.resume`). The manifest is read and validated before Ray starts.
+    :mod:`pipelines.io.resume`). The manifest is read and validated, and the output folder's lock taken
+    (:mod:`pipelines.io.lock`), before Ray starts; the lock is refreshed while the run lives and released at its
+    end, also when it fails.
 
     Args:
         overwrite: set every current part of ``output`` aside (``_replaced/<run_id>/``) and start afresh.
         retry_errors: redo the manifest rows whose current row is an error row.
+        break_lock: take the output's lock even from a run whose heartbeat is fresh (the operator knows it is
+            dead).
         transcribe_stage: a stand-in for :class:`~pipelines.stages.TranscribeStage` (tests).
 
     Every URI may be a local path, ``file://``, ``s3://`` or another fsspec URL; ``cfg.storage`` (with the
@@ -364,12 +385,31 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
             stay: a rerun goes on from them).
         GpuUnavailableError: the config asks for a GPU the cluster cannot give or a GPU task sees no CUDA
             (a ConfigError: exit code 2; nothing has been transcribed).
+        OutputLockedError: another run holds the output's lock (a StorageError: exit code 2; nothing has been
+            done), or this run lost it mid-run (it stops writing).
+        OutputIntegrityError: after the run, the output does not hold exactly one row per manifest row (its
+            ``summary`` attribute has the run's summary; exit code 4).
     """
     t0 = time.perf_counter()
     storage = resolve_storage(cfg.storage)
     rows = read_manifest(manifest, storage.options_for(manifest))
     check_output(output, storage)  # a missing bucket or a read-only output stops here, before any work
     run_id = run_id or new_run_id()
+    lock = OutputLock(output, run_id, storage.options_for(output), stale_s=cfg.output.lock_stale_s,
+                      heartbeat_s=cfg.output.lock_heartbeat_s, retry=storage.retry)
+    lock.acquire(break_lock)  # before anything in the folder is touched; a second run stops here (exit 2)
+    lock.start_heartbeat()
+    try:
+        return _run_locked(cfg, manifest, output, run_id, rows, storage, lock, t0, overwrite=overwrite,
+                           retry_errors=retry_errors, transcribe_stage=transcribe_stage)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: JobConfig, manifest: str, output: str, run_id: str, rows: list[ManifestRow], storage: Storage,
+                lock: OutputLock, t0: float, *, overwrite: bool, retry_errors: bool,
+                transcribe_stage: Optional[type]) -> RunSummary:
+    """The run, once ``lock`` is held (see :func:`run_job`)."""
     summary = RunSummary(run_id, manifest_rows=len(rows), max_error_rate=cfg.guards.max_error_rate)
     fingerprint = config_fingerprint(cfg.model, cfg.decoding, cfg.chunking)
     log.info("manifest %s: %d files; output %s; run %s", manifest, len(rows), output, run_id)
@@ -378,7 +418,8 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
     check_gpu(cfg)  # a GPU config that cannot get a usable GPU stops here (GpuUnavailableError), before any work
     out_options = storage.options_for(output)
     folder = OutputFolder(output, out_options, storage.retry)
-    folder.prepare()
+    lock.check()
+    folder.prepare()  # cleans _tmp/: only under the lock
     record = {"run_id": run_id, "manifest": manifest, "output": output, "overwrite": overwrite,
               "retry_errors": retry_errors, "config": cfg.model_dump(mode="json"), "config_fingerprint": fingerprint}
     write_summary(output, run_id, record | {"status": "running"}, out_options, storage.retry)
@@ -389,7 +430,9 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
     if unreadable:
         log.warning("parts that cannot be read are set aside (their rows are redone): %s", unreadable)
         summary.parts_set_aside += folder.move_aside(unreadable, run_id)
-    writer = PartWriter(output, run_id, cfg.output.rows_per_file, cfg.output.compression, out_options, storage.retry)
+    writer = PartWriter(output, run_id, cfg.output.rows_per_file, cfg.output.compression, out_options, storage.retry,
+                        flush_interval_s=cfg.output.flush_interval_s, before_write=lock.check)
+    writer.start_timer()  # rows in hand are written on time even while no batch arrives
     try:
         t1 = time.perf_counter()
         hashes, unreachable = hash_rows(cfg, rows, storage)
@@ -406,6 +449,7 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
         log.info("plan: %s (taken out: %s)", plan.counts(), dict(plan.reasons) or "none")
         summary.kept, summary.taken_out = len(plan.keep), dict(plan.reasons)
         sink = _Sink(writer, summary, plan.dependents(), run_id, len(rows) - len(plan.keep) - len(held))
+        lock.check()
         _write_existing_copies(folder, plan, sink, run_id)
         summary.worker_died = _transcribe(cfg, plan.transcribe, run_id, sink, hashes, transcribe_stage, storage)
     except BaseException as exc:
@@ -418,9 +462,20 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
         raise
     writer.close()
     summary.parts = writer.parts
+    lock.check()
     _finish(cfg, folder, rows, summary)
     summary.wall_s = time.perf_counter() - t0
-    write_summary(output, run_id, record | summary.to_dict() | {"status": "done"}, out_options, storage.retry)
+    exact = not (summary.output["missing"] or summary.output["doubled"])
+    write_summary(output, run_id, record | summary.to_dict() | {"status": "done" if exact else "not exactly once"},
+                  out_options, storage.retry)
+    if not exact:
+        missing, doubled = summary.output["missing"], summary.output["doubled"]
+        error = OutputIntegrityError(
+            f"output {output}: run {run_id} ended without exactly one row per manifest row: {len(missing)} ids "
+            f"missing {missing[:IDS_SHOWN]}, {len(doubled)} ids doubled {doubled[:IDS_SHOWN]}; rerun the same "
+            "command to finish the missing rows and set the extra ones aside")
+        error.summary = summary
+        raise error
     return summary
 
 
@@ -438,7 +493,10 @@ def _write_existing_copies(folder: OutputFolder, plan: Plan, sink: _Sink, run_id
             source = table.slice(position, 1).to_pylist()[0]
             copies += [copy_row(source, row, run_id) for row in targets]
     if plan.take_out:
-        n = folder.take_out(plan.take_out_by_part(), run_id)
+        expect: dict[str, dict[int, str]] = {}
+        for old in plan.take_out:  # a part that changed since it was indexed is left whole (StorageError)
+            expect.setdefault(old.part, {})[old.position] = old.id
+        n = folder.take_out(plan.take_out_by_part(), run_id, expect=expect)
         log.info("set %d old rows aside under %s (%s)", n, folder.path("_replaced", run_id), dict(plan.reasons))
     if copies:
         sink.write(rows_to_table(copies), transcribed=False)
@@ -454,7 +512,7 @@ def _finish(cfg: JobConfig, folder: OutputFolder, rows: Sequence[ManifestRow], s
                       "errors_table": errors_path}
     if state.missing or state.doubled:
         log.error("the output does not hold each manifest row exactly once: missing %s, doubled %s",
-                  state.missing[:10], state.doubled[:10])
+                  state.missing[:IDS_SHOWN], state.doubled[:IDS_SHOWN])
     limit = cfg.guards.max_error_rate
     summary.error_rate_exceeded = limit is not None and state.error_rate > limit
 
@@ -464,6 +522,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         prog="python -m pipelines.transcribe",
         description="Transcribe a manifest of audio into Parquet with Ray Data and faster-whisper. Rerun the same "
                     "command to finish an interrupted job: rows already done in --output are kept.",
+        epilog="exit codes: 0 done; 2 bad config or manifest, unusable storage, or --output locked by another "
+               "run (the message names it); 3 error rate above guards.max_error_rate; 4 the output does not hold "
+               "exactly one row per manifest row after the run (the ids are named): rerun the same command",
     )
     parser.add_argument("--manifest", required=True,
                         help="JSONL/CSV/Parquet manifest, a folder or a glob of audio files (local or fsspec URL)")
@@ -476,26 +537,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="also redo the rows whose current row in --output is an error row")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh: set every current part of --output aside under _replaced/<run_id>/")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="take --output's lock (_lock.json) even if its run's heartbeat is fresh; only when "
+                             "sure that run is dead (a stale lock, or one of a process gone from this host, is "
+                             "taken over without it)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; returns the exit code (0 done, 2 bad config or manifest or unusable storage, 3 error rate
-    above ``guards.max_error_rate``)."""
+    """CLI entry point; returns the exit code: 0 done; 2 bad config or manifest, unusable storage, or the output
+    folder locked by another run (the message names its run id, host, pid and heartbeat age); 3 error rate above
+    ``guards.max_error_rate``; 4 (:data:`EXIT_NOT_EXACTLY_ONCE`) the output does not hold exactly one row per
+    manifest row after the run (the message names the first missing and doubled ids)."""
     import os
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_scrubber()  # a URI's user:password@ never reaches the log (pipelines.redact)
     args = parse_args(argv)
     config_path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     try:
         cfg = load_config(config_path, args.overrides)
         summary = run_job(cfg, args.manifest, args.output, args.run_id,
-                          overwrite=args.overwrite, retry_errors=args.retry_errors)
+                          overwrite=args.overwrite, retry_errors=args.retry_errors, break_lock=args.break_lock)
     except (ConfigError, ManifestError, StorageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(scrub_text(f"error: {exc}"), file=sys.stderr)
         return 2
-    print(summary.render())
-    print(f"transcripts: {args.output} (pandas.read_parquet({args.output!r}))")
+    except OutputIntegrityError as exc:
+        if getattr(exc, "summary", None) is not None:
+            print(scrub_text(exc.summary.render()))
+        print(scrub_text(f"error: {exc}"), file=sys.stderr)
+        return EXIT_NOT_EXACTLY_ONCE
+    print(scrub_text(summary.render()))
+    print(scrub_text(f"transcripts: {args.output} (pandas.read_parquet({args.output!r}))"))
     return EXIT_ERROR_RATE if summary.error_rate_exceeded else 0
 
 

@@ -12,9 +12,13 @@ Routes (OpenAI-compatible under ``/v1``):
 
 The transport is thin: a route checks the API key, reads and validates the form into a
 :class:`~serve_app.schemas.TranscriptionRequest`, decodes and VAD-chunks the upload exactly as the batch job does
-(``pipelines.core``), calls the model deployment, and maps exceptions to HTTP codes. Errors have OpenAI's body
-``{"error": {"message", "type", "param", "code"}}``: 400 bad field / not audio / empty file, 401 API key,
-413 upload too large, 503 + Retry-After when the model's queue is full, 500 when the model fails.
+(``pipelines.core``) with the job's input guards (``guards``: sample rate, channels, duration; size is
+``http.max_upload_bytes``), calls the model deployment, and maps exceptions to HTTP codes. The whole request runs
+under a deadline (``http.request_timeout_s``). Errors have OpenAI's body
+``{"error": {"message", "type", "param", "code"}}``: 400 bad field / not audio / empty file / outside the guards,
+401 API key, 408 upload not received in time, 413 upload too large, 503 + Retry-After when the model's queue is
+full, 504 decode and transcription not done in time, 500 when the model fails. Every 5xx body carries an
+``error_id`` and a generic message; the details go to the log with that id (:func:`server_error`).
 
 Start with ``serve run configs/serve.yaml`` (``build_app`` reads the ``args`` there). Nothing happens on import.
 """
@@ -28,6 +32,7 @@ import time
 import uuid
 from typing import Any, Optional
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,15 +42,14 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from pipelines.config import ServeConfig, load_serve_config
-from pipelines.core.audio import decode_audio
+from pipelines.config import ServeConfig, StreamGuardsConfig, load_serve_config
+from pipelines.core.audio import SourceLimits, decode_audio
 from pipelines.core.chunking import chunk_audio, slice_chunk
-from pipelines.core.errors import AudioDecodeError, AudioTooLongError, ConfigError
+from pipelines.core.errors import AudioDecodeError, AudioLimitError, AudioTooLongError, ConfigError
 from pipelines.core.export import MEDIA_TYPES, export_text
 from pipelines.core.schema import Transcript
 from pipelines.core.transcriber import Chunk
@@ -70,9 +74,33 @@ MAX_FORM_FIELDS = 32  # text fields accepted in one form (the API has 7)
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+def server_error(err: APIError, exc: Optional[BaseException] = None) -> APIError:
+    """Give a 5xx ``err`` its ``error_id`` (uuid4 hex; kept if the model deployment already set one) and log it
+    with the full text of ``exc`` and its traceback, which never go into the response body. 4xx pass unchanged.
+
+    Returns:
+        ``err``, for ``raise`` / ``return``.
+    """
+    if err.status_code < 500:
+        return err
+    err.error_id = err.error_id or uuid.uuid4().hex
+    detail = f": {type(exc).__name__}: {exc}" if exc is not None and exc is not err else ""
+    log.error("error_id=%s status=%d code=%s %s%s", err.error_id, err.status_code, err.code, err.message, detail,
+              exc_info=exc if detail else None)
+    return err
+
+
 def error_response(err: APIError) -> JSONResponse:
-    """``err`` as a JSON response with OpenAI's error body and ``err.headers``."""
+    """``err`` as a JSON response with OpenAI's error body and ``err.headers``; a 5xx that did not pass through
+    :func:`server_error` yet gets its error id (and log line) here."""
+    if err.status_code >= 500 and err.error_id is None:
+        server_error(err)
     return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers)
+
+
+def source_limits(guards: StreamGuardsConfig) -> SourceLimits:
+    """The :class:`SourceLimits` of a guards section, as the job's decode stage builds them."""
+    return SourceLimits(guards.min_sample_rate_hz, guards.max_sample_rate_hz, guards.max_channels)
 
 
 def resolve_api_key(cfg: ServeConfig) -> Optional[str]:
@@ -105,17 +133,25 @@ def check_api_key(request: Request, api_key: Optional[str]) -> None:
 
 
 def prepare_job(data: bytes, filename: str, request: TranscriptionRequest, cfg: ServeConfig) -> TranscriptionJob:
-    """Decode the upload to float32 16 kHz mono and cut it into VAD chunks (the batch job's ``chunk_audio``).
+    """Decode the upload to float32 16 kHz mono and cut it into VAD chunks, as the batch job's decode stage does:
+    the same ``decode_audio`` with the same stream limits (``guards``) and a duration limit, the smaller of
+    ``guards.max_audio_duration_s`` and ``chunking.max_audio_duration_s``; then the job's ``chunk_audio``.
 
     Raises:
-        APIError: 400 ``invalid_audio`` (not decodable audio) or ``audio_too_long``
-            (above ``chunking.max_audio_duration_s``).
+        APIError: 400 ``invalid_audio`` (not decodable audio), ``audio_out_of_limits`` (sample rate or channels
+            outside ``guards``; the message names the field) or ``audio_too_long`` (above the duration limit).
     """
-    ck = cfg.chunking
+    ck, guards = cfg.chunking, cfg.guards
+    max_duration_s = min(guards.max_audio_duration_s, ck.max_audio_duration_s)
     try:
-        audio = decode_audio(data, ck.sample_rate, ck.max_audio_duration_s, name=filename)
+        audio = decode_audio(data, ck.sample_rate, max_duration_s, name=filename, limits=source_limits(guards))
     except AudioTooLongError as exc:
-        raise APIError(400, str(exc), code="audio_too_long", param="file") from exc
+        message = str(exc)
+        if guards.max_audio_duration_s < ck.max_audio_duration_s:  # decode_audio names the job's field
+            message = message.replace("chunking.max_audio_duration_s", "guards.max_audio_duration_s")
+        raise APIError(400, message, code="audio_too_long", param="file") from exc
+    except AudioLimitError as exc:
+        raise APIError(400, str(exc), code="audio_out_of_limits", param="file") from exc
     except AudioDecodeError as exc:
         raise APIError(400, f"the file is not audio that can be decoded: {exc}", code="invalid_audio",
                        param="file") from exc
@@ -240,7 +276,9 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
         storage: how ``url`` requests are read (None: resolved now from ``cfg.storage`` and the environment).
     """
     storage = storage or resolve_storage(cfg.storage)
-    app = FastAPI(title="raywhisper", summary="OpenAI-compatible transcription with faster-whisper on Ray Serve")
+    docs = {} if cfg.http.openapi_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="raywhisper", summary="OpenAI-compatible transcription with faster-whisper on Ray Serve",
+                  **docs)
     metrics = IngressMetrics()
     served_names = (cfg.model.name, *cfg.http.model_aliases)
     retry_after = str(max(1, math.ceil(cfg.deployment.retry_after_s)))
@@ -260,6 +298,11 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return error_response(APIError(exc.status_code, str(exc.detail), code=code,
                                        headers=getattr(exc, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # anything a route did not map itself: 500 with an error id, never the exception's text
+        return error_response(server_error(APIError(500, "internal error", code="internal_error"), exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -288,10 +331,12 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
 
         try:
             info = await asyncio.wait_for(ask(), timeout=cfg.http.ready_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - not ready, whatever the reason
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
-            return error_response(APIError(503, f"the model is not ready ({reason})", code="not_ready",
-                                           headers={"Retry-After": retry_after}))
+        except Exception as exc:  # noqa: BLE001 - not ready, whatever the reason; the reason goes to the log only
+            reason = (f"no model replica answered within {cfg.http.ready_timeout_s:g} s"
+                      if isinstance(exc, asyncio.TimeoutError) else "no model replica is available")
+            err = APIError(503, f"the model is not ready ({reason})", code="not_ready",
+                           headers={"Retry-After": retry_after})
+            return error_response(server_error(err, exc))
         return JSONResponse(info)
 
     @app.get("/v1/models")
@@ -305,9 +350,13 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
     async def transcriptions(request: Request) -> Response:
         """OpenAI's ``audio.transcriptions.create`` (see the module doc for fields and error codes)."""
         t0 = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + cfg.http.request_timeout_s
         fmt = "unknown"
-        try:
-            check_api_key(request, api_key)
+        response_of_model = None  # the model call, cancelled when the deadline passes
+
+        async def receive() -> tuple[TranscriptionRequest, bytes, str]:
+            """The validated form fields, and the upload's bytes and name (empty for a ``url`` request)."""
+            nonlocal fmt
             form = await _read_form(request)
             try:
                 fields = _form_fields(form)
@@ -319,52 +368,80 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
                 upload = form.get("file")
                 if parsed.url is not None and upload is not None:
                     raise APIError(400, "give either 'file' or 'url', not both", code="invalid_value", param="url")
-                if parsed.url is None:
-                    if upload is None:
-                        alternative = " or 'url'" if cfg.http.url_input.enabled else ""
-                        raise APIError(400, f"missing required parameter 'file' (the audio, as a multipart file)"
-                                            f"{alternative}", code="missing_required_parameter", param="file")
-                    if not isinstance(upload, UploadFile):
-                        raise APIError(400, "parameter 'file' must be a file upload, not a text field",
-                                       code="invalid_value", param="file")
-                    data = await upload.read()
-                    filename = upload.filename or "file"
+                if parsed.url is not None:
+                    return parsed, b"", ""
+                if upload is None:
+                    alternative = " or 'url'" if cfg.http.url_input.enabled else ""
+                    raise APIError(400, f"missing required parameter 'file' (the audio, as a multipart file)"
+                                        f"{alternative}", code="missing_required_parameter", param="file")
+                if not isinstance(upload, UploadFile):
+                    raise APIError(400, "parameter 'file' must be a file upload, not a text field",
+                                   code="invalid_value", param="file")
+                return parsed, await upload.read(), upload.filename or "file"
             finally:
                 await form.close()
-            if parsed.url is not None:
-                data, filename = await run_in_threadpool(read_url, parsed.url, cfg.http.url_input, storage,
-                                                         cfg.http.max_upload_bytes)
-            if len(data) > cfg.http.max_upload_bytes:
-                raise APIError(413, f"the file is too large ({len(data) / 1e6:.1f} MB); the limit is "
-                                    f"{cfg.http.max_upload_bytes / 1e6:.1f} MB", code="file_too_large", param="file")
-            if not data:
-                raise APIError(400, f"the file {filename!r} is empty (0 bytes)", code="empty_file", param="file")
-            job = await run_in_threadpool(prepare_job, data, filename, parsed, cfg)
-            transcript = await model.transcribe.remote(job)
+
+        try:
+            check_api_key(request, api_key)
+            try:
+                async with asyncio.timeout_at(deadline) as upload_timer:
+                    parsed, data, filename = await receive()
+            except TimeoutError as exc:
+                if not upload_timer.expired():
+                    raise
+                raise APIError(408, f"the request was not received within {cfg.http.request_timeout_s:g} s "
+                                    "(http.request_timeout_s)", code="upload_timeout") from exc
+            try:
+                async with asyncio.timeout_at(deadline) as work_timer:
+                    if parsed.url is not None:
+                        data, filename = await _in_thread(read_url, parsed.url, cfg.http.url_input, storage,
+                                                          cfg.http.max_upload_bytes)
+                    if len(data) > cfg.http.max_upload_bytes:
+                        raise APIError(413, f"the file is too large ({len(data) / 1e6:.1f} MB); the limit is "
+                                            f"{cfg.http.max_upload_bytes / 1e6:.1f} MB", code="file_too_large",
+                                       param="file")
+                    if not data:
+                        raise APIError(400, f"the file {filename!r} is empty (0 bytes)", code="empty_file",
+                                       param="file")
+                    job = await _in_thread(prepare_job, data, filename, parsed, cfg)
+                    response_of_model = model.transcribe.remote(job)
+                    transcript = await response_of_model
+            except TimeoutError as exc:
+                if not work_timer.expired():
+                    raise
+                if response_of_model is not None:
+                    response_of_model.cancel()  # best effort: frees the replica's slot (Serve's cancellation)
+                raise APIError(504, f"the transcription did not finish within {cfg.http.request_timeout_s:g} s "
+                                    "(http.request_timeout_s); send shorter audio", code="timeout") from exc
             response = render(transcript, parsed, cfg.decoding.task)
         except BackPressureError as exc:
             wait = exc.retry_after_s if exc.retry_after_s is not None else cfg.deployment.retry_after_s
-            err = APIError(503, f"the server is at capacity ({exc.message}); retry after {max(1, math.ceil(wait))} s",
+            err = APIError(503, f"the server is at capacity; retry after {max(1, math.ceil(wait))} s",
                            code="server_overloaded", headers={"Retry-After": str(max(1, math.ceil(wait)))})
-            return _failed(err, fmt, t0)
+            return _failed(err, fmt, t0, exc)
         except (ActorDiedError, ActorUnavailableError) as exc:
-            err = APIError(503, f"the model replica is unavailable ({type(exc).__name__}); retry shortly",
-                           code="model_unavailable", headers={"Retry-After": retry_after})
-            return _failed(err, fmt, t0)
+            err = APIError(503, "the model replica is unavailable; retry shortly", code="model_unavailable",
+                           headers={"Retry-After": retry_after})
+            return _failed(err, fmt, t0, exc)
         except Exception as exc:  # noqa: BLE001 - every failure gets a JSON error body
             err = api_error_of(exc)
             if err is None:
-                log.exception("unexpected error serving a transcription")
-                err = APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
-            return _failed(err, fmt, t0)
+                err = APIError(500, "internal error", code="internal_error")
+            return _failed(err, fmt, t0, exc)
         metrics.record(fmt, response.status_code, time.perf_counter() - t0, audio_s=job.duration_s)
         return response
 
-    def _failed(err: APIError, fmt: str, t0: float) -> JSONResponse:
+    def _failed(err: APIError, fmt: str, t0: float, exc: Optional[BaseException] = None) -> JSONResponse:
         metrics.record(fmt, err.status_code, time.perf_counter() - t0, error_code=err.code)
-        return error_response(err)
+        return error_response(server_error(err, exc))
 
     return app
+
+
+async def _in_thread(fn, *args):
+    """``fn(*args)`` on a worker thread; a deadline that passes stops the wait at once (the thread finishes on its
+    own: decoding is bounded by the guards, a url read by the size limit and the storage retries)."""
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
 
 # --------------------------------------------------------------------------------------------- Serve wiring
@@ -397,6 +474,7 @@ class ServeAppArgs(BaseModel):
     model: dict = Field(default_factory=dict, description="ServeConfig.model (pipelines.config.ModelConfig).")
     decoding: dict = Field(default_factory=dict, description="ServeConfig.decoding (DecodingConfig).")
     chunking: dict = Field(default_factory=dict, description="ServeConfig.chunking (ChunkingConfig).")
+    guards: dict = Field(default_factory=dict, description="ServeConfig.guards (ServeGuardsConfig: input limits).")
     deployment: dict = Field(default_factory=dict, description="ServeConfig.deployment (the model replicas).")
     http: dict = Field(default_factory=dict, description="ServeConfig.http (the ingress).")
     storage: dict = Field(default_factory=dict, description="ServeConfig.storage (how url requests are read).")
@@ -408,7 +486,7 @@ def serve_config_from_args(args: ServeAppArgs) -> ServeConfig:
     Raises:
         ConfigError: bad file, unknown field or bad value (the message names the field).
     """
-    sections = ("model", "decoding", "chunking", "deployment", "http", "storage")
+    sections = ("model", "decoding", "chunking", "guards", "deployment", "http", "storage")
     inline = {name: getattr(args, name) for name in sections}
     return load_serve_config(args.config, args.overrides, {k: v for k, v in inline.items() if v})
 

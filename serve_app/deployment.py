@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Union
@@ -72,7 +73,8 @@ class TranscriberDeployment:
         """The transcript of one request (segments in file time), batched with concurrent requests.
 
         Raises:
-            APIError: 400 for a language this model cannot transcribe; 500 when the model fails on the request.
+            APIError: 400 for a language this model cannot transcribe; 500 when the model fails on the request
+                (a generic message and an ``error_id``; the exception is in this replica's log under that id).
         """
         language = job.language
         if language is not None and not self.transcriber.multilingual and language != "en":
@@ -110,10 +112,11 @@ class TranscriberDeployment:
                 for i in members:
                     try:
                         outcomes_group.extend(self._transcribe_jobs([jobs[i]], decoding))
-                    except Exception as exc:  # noqa: BLE001
-                        log.exception("request %s failed", jobs[i].key)
-                        outcomes_group.append(APIError(500, f"transcription failed: {type(exc).__name__}: {exc}",
-                                                       code="transcription_failed"))
+                    except Exception:  # noqa: BLE001 - the text goes to this log only, under the error id
+                        error_id = uuid.uuid4().hex
+                        log.exception("error_id=%s request %s failed", error_id, jobs[i].key)
+                        outcomes_group.append(APIError(500, "transcription failed", code="transcription_failed",
+                                                       error_id=error_id))
             for i, outcome in zip(members, outcomes_group):
                 outcomes[i] = outcome
         failed = all(isinstance(o, APIError) for o in outcomes)

@@ -29,6 +29,9 @@ class ErrorDetail(BaseModel):
     type: str = Field(description="invalid_request_error (4xx) or server_error (5xx).")
     param: Optional[str] = Field(None, description="The request field at fault, if one is.")
     code: Optional[str] = Field(None, description="A stable machine-readable code, e.g. 'invalid_audio'.")
+    error_id: Optional[str] = Field(
+        None, description="5xx only: a random id (uuid4 hex) also written to the server's log with the full error; "
+                          "quote it when reporting the problem. Absent from 4xx bodies.")
 
 
 class ErrorBody(BaseModel):
@@ -42,25 +45,35 @@ class APIError(Exception):
 
     May be raised in the model deployment: it reaches the ingress wrapped by Ray (still an instance of this class,
     the original under ``.cause``); use :func:`api_error_of` to get the fields back.
+
+    A 5xx error's ``message`` is generic (never an exception's text: a Ray task error carries a pid, a node's IP
+    and a remote traceback); ``error_id`` links its body to the log line that holds the details (see
+    ``serve_app.app.server_error``).
     """
 
     def __init__(self, status_code: int, message: str, code: Optional[str] = None, param: Optional[str] = None,
-                 type: Optional[str] = None, headers: Optional[dict[str, str]] = None):  # noqa: A002 - OpenAI's name
-        super().__init__(status_code, message, code, param, type, headers)
+                 type: Optional[str] = None, headers: Optional[dict[str, str]] = None,  # noqa: A002 - OpenAI's name
+                 error_id: Optional[str] = None):
+        super().__init__(status_code, message, code, param, type, headers, error_id)  # all in args: picklable
         self.status_code = status_code
         self.message = message
         self.code = code
         self.param = param
         self.type = type or ("server_error" if status_code >= 500 else "invalid_request_error")
         self.headers = headers or {}
+        self.error_id = error_id
 
     def __str__(self) -> str:
         return self.message
 
     def body(self) -> dict:
-        """The JSON error body."""
-        return ErrorBody(error=ErrorDetail(message=self.message, type=self.type, param=self.param,
-                                           code=self.code)).model_dump()
+        """The JSON error body; a 5xx with an ``error_id`` names it in the message and in ``error.error_id``."""
+        message = self.message if self.error_id is None else f"{self.message} (error id {self.error_id})"
+        detail = ErrorDetail(message=message, type=self.type, param=self.param, code=self.code,
+                             error_id=self.error_id).model_dump()
+        if self.error_id is None:
+            del detail["error_id"]  # 4xx bodies keep OpenAI's four fields
+        return {"error": detail}
 
 
 def api_error_of(exc: BaseException) -> Optional[APIError]:

@@ -10,11 +10,16 @@ or buckets:
   its key prefix (``s3://audio/in/`` allows ``s3://audio/in/a.flac``, not ``s3://audio/inbox/a.flac``);
 - ``.`` and ``..`` segments, empty segments, query strings, fragments, backslashes and control characters are
   refused outright (nothing is normalised away);
+- compound fsspec URLs are refused (400): a chain (``::`` anywhere, as in ``simplecache::s3://...`` or
+  ``file:///allowed/x.flac::s3://...``, which fsspec would read through its first link while the checks saw the
+  whole string), and archive or in-memory protocols (``zip://``, ``tar://``, ``memory://``...) are never a
+  scheme of an allowed prefix (``pipelines.config.URL_INPUT_SCHEMES``: plain files and object stores only);
 - ``file://`` URLs are resolved with every symlink followed (``os.path.realpath``) and must land inside the
   resolved prefix directory; the resolved path is what is read.
 
 The bytes are read by the batch job's own code (:meth:`pipelines.io.storage.Storage.read`: fsspec, retries on
-transient errors), after checking the size against ``http.max_upload_bytes``.
+transient errors) with ``http.max_upload_bytes`` as its limit: a larger file is refused (413) by its size before
+it is read (``stat`` locally, a HEAD on S3), and the read itself stops one byte past the limit.
 """
 
 from __future__ import annotations
@@ -22,9 +27,8 @@ from __future__ import annotations
 import os
 import posixpath
 
-from fsspec.core import url_to_fs
-
 from pipelines.config import ServeURLInputConfig
+from pipelines.core.errors import AudioLimitError
 from pipelines.io.storage import Storage, is_transient
 from serve_app.schemas import APIError
 
@@ -39,7 +43,8 @@ def resolve_url(url: str, cfg: ServeURLInputConfig) -> str:
 
     Raises:
         APIError: 403 ``url_input_disabled`` (the option is off) or ``url_not_allowed`` (outside the allowed
-            prefixes, traversal, a symlink leading out); 400 ``invalid_value`` (not a URL, a query string...).
+            prefixes, traversal, a symlink leading out, another scheme); 400 ``invalid_value`` (not a URL, a query
+            string, a chained ``::`` URL...).
     """
     if not cfg.enabled:
         raise APIError(403, "this server does not read audio from URLs (http.url_input.enabled is false); "
@@ -52,6 +57,9 @@ def resolve_url(url: str, cfg: ServeURLInputConfig) -> str:
     if any(ch in url for ch in "?#\\") or any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise APIError(400, "url must not carry a query string, a fragment, backslashes or control characters",
                        code="invalid_value", param="url")
+    if "::" in url:
+        raise APIError(400, "url must be one plain URL; chained URLs ('::', as in simplecache::s3://...) are not "
+                            "accepted", code="invalid_value", param="url")
     scheme = scheme.lower()
     prefixes = [p.partition("://")[2] for p in cfg.allowed_prefixes if p.partition("://")[0].lower() == scheme]
     if not prefixes:
@@ -63,6 +71,8 @@ def resolve_url(url: str, cfg: ServeURLInputConfig) -> str:
         if any(seg in (".", "..") for seg in path.split("/")):
             raise _not_allowed(url, "'.' and '..' path segments are not accepted")
         real = os.path.realpath(path)
+        if "::" in real:  # a symlink whose target fsspec would read as a chain
+            raise _not_allowed(url, "it resolves to a path that fsspec would read as a chained URL ('::')")
         for prefix in prefixes:
             base = os.path.realpath(prefix)
             if real.startswith(base.rstrip("/") + "/"):
@@ -103,27 +113,21 @@ def read_url(url: str, cfg: ServeURLInputConfig, storage: Storage, max_bytes: in
 
     Raises:
         APIError: as :func:`resolve_url`; 404 ``url_not_found``; 403 ``url_access_denied`` (the storage refused
-            the server's credentials); 413 ``file_too_large`` (above ``max_bytes``, checked before reading);
-            400 ``empty_file``; 503 ``storage_unavailable`` (still failing after the retries).
+            the server's credentials); 413 ``file_too_large`` (above ``max_bytes``: by its size before reading,
+            and never more than ``max_bytes + 1`` bytes are read); 400 ``empty_file``; 503 ``storage_unavailable``
+            (still failing after the retries).
     """
     location = resolve_url(url, cfg)
+    too_large = APIError(413, f"{url!r} is too large; the limit is {max_bytes / 1e6:.1f} MB (http.max_upload_bytes)",
+                         code="file_too_large", param="url")
     try:
-        fs, path = url_to_fs(location, **storage.options_for(location))
-        size = storage.retry.call(lambda: fs.size(path), location)
-    except Exception as exc:  # noqa: BLE001 - mapped to an HTTP error
-        raise _storage_error(exc, url, storage.retry.max_backoff_s) from exc
-    if size is not None and size > max_bytes:
-        raise APIError(413, f"{url!r} is too large ({size / 1e6:.1f} MB); the limit is {max_bytes / 1e6:.1f} MB",
-                       code="file_too_large", param="url")
-    if size == 0:
-        raise APIError(400, f"{url!r} is empty (0 bytes)", code="empty_file", param="url")
-    try:
-        data = storage.read(location).content
+        data = storage.read(location, max_bytes).content  # the job's read: size check first, then a capped read
+    except AudioLimitError as exc:
+        raise too_large from exc
     except Exception as exc:  # noqa: BLE001 - AudioDecodeError chaining the storage error
         if exc.__cause__ is None and "empty" in str(exc):
             raise APIError(400, f"{url!r} is empty (0 bytes)", code="empty_file", param="url") from exc
         raise _storage_error(exc, url, storage.retry.max_backoff_s) from exc
-    if len(data) > max_bytes:  # it grew between the size check and the read
-        raise APIError(413, f"{url!r} is too large; the limit is {max_bytes / 1e6:.1f} MB", code="file_too_large",
-                       param="url")
-    return data, posixpath.basename(path)
+    if len(data) > max_bytes:  # Storage.read refuses this already; kept as the last word on the limit
+        raise too_large
+    return data, posixpath.basename(location.rstrip("/"))

@@ -29,6 +29,7 @@ from pipelines.core.errors import ConfigError
 from pipelines.core.schema import SEGMENT_TYPE, WORD_TYPE
 from pipelines.core.stitch import stitch_file
 from pipelines.core.transcriber import Chunk
+from tests.compare import assert_segments_in_chunks, assert_spans_close, assert_texts_agree
 from tests.conftest import CORPUS, JFK, JFK_PHRASE, ROOT
 
 API_KEY = "test-key-123"
@@ -211,10 +212,14 @@ def test_long_upload_is_chunked_like_the_batch_job(endpoint, transcriber, job_co
     r = post(endpoint, {"model": "whisper-1", "response_format": "verbose_json"},
              (LONG_CLIP.name, LONG_CLIP.read_bytes()))
     assert r.status_code == 200, r.text
-    assert stats()["chunks"] - before["chunks"] == len(spans)
+    assert stats()["chunks"] - before["chunks"] == len(spans)  # the same VAD chunks as the job's
     body = r.json()
-    assert body["text"] == expected.text
-    assert [s["start"] for s in body["segments"]] == [s.start for s in expected.segments]
+    # what the two paths promise alike, not byte equality: the words depend on which chunks share a batch and on
+    # the CPU's int8 kernels (tests/compare.py)
+    assert_texts_agree({LONG_CLIP.name: (expected.text, body["text"])})
+    chunk_bounds = [(s.offset_s, s.offset_s + s.duration_s) for s in spans]
+    assert_segments_in_chunks(body["segments"], chunk_bounds, "endpoint")  # cut there, put back at the offsets
+    assert_spans_close(body["segments"], [{"start": s.start, "end": s.end} for s in expected.segments], "endpoint")
     assert body["segments"][-1]["end"] > 30.0  # file time, past the first chunk
 
 

@@ -2,14 +2,20 @@
 
 The resampler is FFmpeg's (libswresample through ``av.AudioResampler``), the same path faster-whisper's own
 ``decode_audio`` takes; channels are down-mixed by FFmpeg's standard matrix.
+
+Every input is opened through :func:`open_audio`, which lets FFmpeg use only the demuxers of
+:data:`ACCEPTED_DEMUXERS` (plain single-file audio/video containers) and no protocol at all: a playlist, concat
+list or session description (ffconcat, HLS, SDP...) uploaded as "audio" is refused before FFmpeg reads anything
+but the bytes it probes, so it can never make the decoder open another file or a socket.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import BinaryIO, Iterator, Union
 
 import av
 import numpy as np
@@ -22,6 +28,23 @@ TRUNCATION_TOLERANCE = 0.05
 TRUNCATION_MIN_S = 0.5  # ...and the gap must be at least this many seconds (container estimates are rough)
 
 AudioSource = Union[str, os.PathLike, bytes, BinaryIO]
+
+#: The FFmpeg demuxers an input may be read with (the parts of FFmpeg's comma-joined demuxer names, e.g. the
+#: QuickTime demuxer is "mov,mp4,m4a,3gp,3g2,mj2"): plain single-file audio and audio/video containers, none of
+#: which opens anything but the bytes it is given. Left out on purpose, among others: concat/ffconcat, hls,
+#: dash, sdp, rtp, rtsp, image2, tee, data, lavfi, and text formats (subtitles, tty).
+ACCEPTED_DEMUXERS = frozenset(
+    "wav w64 flac mp3 ogg mov mp4 m4a 3gp 3g2 mj2 matroska webm aac aiff caf amr amrnb amrwb ac3 eac3 wv ape tta "
+    "au asf nut avi mpeg mpegts".split()
+)
+#: What every refusal to open an input says (the job's error rows, the endpoint's 400 body).
+UNSUPPORTED_FORMAT = "not a supported audio format"
+#: FFmpeg's AVFormatContext options for every open: ``format_whitelist`` is checked right after probing, before
+#: the demuxer reads its header; ``protocol_whitelist`` names no protocol (there is none called "none"), so no
+#: demuxer can open a file, URL or socket beside the input (FFmpeg opens the input itself through our Python file
+#: object, not a protocol). PyAV 18 passes ``container_options`` to ``avformat_open_input`` (``options`` would
+#: also reach the codecs).
+_CONTAINER_OPTIONS = {"format_whitelist": ",".join(sorted(ACCEPTED_DEMUXERS)), "protocol_whitelist": "none"}
 
 
 @dataclass(frozen=True)
@@ -107,6 +130,51 @@ def check_wav_header(header: bytes, total_size: int, label: str) -> None:
         pos += 8 + size + (size & 1)
 
 
+def _unsupported(label: str, why: str) -> str:
+    return f"{label}: {UNSUPPORTED_FORMAT} (not a readable audio/video file: {why})"
+
+
+@contextlib.contextmanager
+def open_audio(source: AudioSource, name: str | None = None) -> Iterator[av.container.InputContainer]:
+    """Open ``source`` (a local path, the file's bytes, or a binary file object) for reading with FFmpeg, as a
+    context manager that closes the container (and the file it opened).
+
+    FFmpeg probes the first bytes, then may go on only with a demuxer of :data:`ACCEPTED_DEMUXERS`; no protocol is
+    allowed, so nothing but ``source`` itself is ever read (a path is opened here, in Python, and handed to FFmpeg
+    as a file object; its name still serves FFmpeg's probe as a hint). The refusal does not depend on anything the
+    input points to, so it says nothing about other files.
+
+    Raises:
+        AudioDecodeError: "not a supported audio format" for a demuxer off the list or bytes FFmpeg cannot read;
+            "permission denied" for a path that cannot be opened for reading.
+    """
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            source = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            try:
+                source = stack.enter_context(open(os.fspath(source), "rb"))
+            except PermissionError as exc:
+                raise AudioDecodeError(f"{label}: permission denied") from exc
+            except OSError as exc:
+                raise AudioDecodeError(f"{label}: cannot be read ({exc.strerror or exc})") from exc
+        try:
+            container = av.open(source, mode="r", metadata_errors="ignore", container_options=_CONTAINER_OPTIONS)
+        except av.error.ArgumentError as exc:  # EINVAL: the probed demuxer is not on the list
+            raise AudioDecodeError(_unsupported(label, "its container is not on the accepted list (wav, flac, mp3, "
+                                                       "ogg/opus, m4a/mp4/mov, mkv/webm, aac, ...)")) from exc
+        except PermissionError as exc:
+            raise AudioDecodeError(f"{label}: permission denied") from exc
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            raise AudioDecodeError(_unsupported(label, getattr(exc, "strerror", None) or str(exc))) from exc
+        with container:
+            demuxer = container.format.name
+            if not set(demuxer.split(",")) & ACCEPTED_DEMUXERS:  # the whitelist again, should FFmpeg not apply it
+                raise AudioDecodeError(_unsupported(label, f"the {demuxer} format is not accepted"))
+            yield container
+
+
 def decode_audio(
     source: AudioSource,
     sample_rate: int = SAMPLE_RATE,
@@ -116,8 +184,9 @@ def decode_audio(
 ) -> AudioArray:
     """Decode the first audio stream of ``source`` (path, bytes or binary file object) to mono ``sample_rate``.
 
-    Works for anything FFmpeg reads: wav (int16/24/32, float32), flac, mp3, ogg/vorbis, opus, m4a/aac, and the audio
-    track of mp4/mov/mkv/webm video; any input sample rate and channel count.
+    Works for the containers of :data:`ACCEPTED_DEMUXERS` (opened by :func:`open_audio`): wav (int16/24/32,
+    float32), flac, mp3, ogg/vorbis, opus, m4a/aac, and the audio track of mp4/mov/mkv/webm video, among others;
+    any input sample rate and channel count.
 
     Args:
         source: a local path, the file's bytes, or a binary file object.
@@ -133,9 +202,9 @@ def decode_audio(
         :class:`AudioArray` with float32 samples, shape (n_samples,).
 
     Raises:
-        AudioDecodeError: missing or empty input, a directory, unreadable (permissions), not audio, no audio
-            stream, a decode error, a file that ends before its header says it should (truncated), or NaN/inf
-            samples.
+        AudioDecodeError: missing or empty input, a directory, unreadable (permissions), not audio or a container
+            off :data:`ACCEPTED_DEMUXERS` ("not a supported audio format"), no audio stream, a decode error, a file
+            that ends before its header says it should (truncated), or NaN/inf samples.
         AudioTooLongError: the declared duration is above ``max_duration_s``, or the decoded one (no declared
             duration) passes it.
         AudioLimitError: the sample rate or channel count is outside ``limits``.
@@ -145,7 +214,6 @@ def decode_audio(
         if len(source) == 0:
             raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
         check_wav_header(bytes(source[:65536]), len(source), label)
-        source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isdir(path):
@@ -160,14 +228,7 @@ def decode_audio(
         except PermissionError as exc:
             raise AudioDecodeError(f"{label}: permission denied") from exc
 
-    try:
-        container = av.open(source, mode="r", metadata_errors="ignore")
-    except PermissionError as exc:
-        raise AudioDecodeError(f"{label}: permission denied") from exc
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise AudioDecodeError(f"{label}: not a readable audio/video file ({exc})") from exc
-
-    with container:
+    with open_audio(source, label) as container:
         if not container.streams.audio:
             raise AudioDecodeError(f"{label}: the file has no audio stream")
         stream = container.streams.audio[0]

@@ -29,6 +29,11 @@ class AudioLimitError(AudioDecodeError):
     count outside what is sane. Refused before it is decoded, so it cannot exhaust memory."""
 
 
+class InputNameError(AudioDecodeError):
+    """An input's path is not valid UTF-8 (a listed file's name in another encoding): the job cannot write it to
+    Parquet as it is, so the row shows it backslash-escaped and the file is not read."""
+
+
 class TranscriptionError(RaywhisperError):
     """The model failed on a chunk of an otherwise decodable file."""
 
@@ -51,3 +56,14 @@ class GpuUnavailableError(ConfigError):
 class StorageError(RaywhisperError):
     """Storage cannot be used as asked: an output location that does not exist or cannot be written (checked
     before any work), or a write that still failed after its retries. The message names the location."""
+
+
+class OutputLockedError(StorageError):
+    """The output folder is locked by another run (``DIR/_lock.json``, fresh), or this run lost its lock to another
+    run (``--break-lock``, or a takeover after its own refreshes failed). The message names the holder: run id,
+    host, pid, age of its last heartbeat. Exit code 2, like any storage that cannot be used."""
+
+
+class OutputIntegrityError(RaywhisperError):
+    """After a run, the output folder does not hold exactly one row per manifest row; the message names the
+    missing and doubled ids (the first few). Exit code 4: rerun the same command."""

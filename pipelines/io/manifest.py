@@ -14,7 +14,7 @@ import io
 import json
 import os
 import posixpath
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 import fsspec
@@ -32,7 +32,12 @@ REFERENCE_KEYS = ("text", "reference")
 @dataclass(frozen=True)
 class ManifestRow:
     """One input: ``audio_filepath`` verbatim from the manifest, ``uri`` resolved (absolute path or URL),
-    ``line`` where it was read (1-based)."""
+    ``line`` where it was read (1-based).
+
+    ``error``: why the row cannot be read, found while reading the manifest (a path that is not valid UTF-8);
+    the job then writes it as an error row without reading it. Every string field is valid UTF-8 (such a path is
+    shown escaped by :func:`printable`).
+    """
 
     id: str
     audio_filepath: str
@@ -41,10 +46,56 @@ class ManifestRow:
     prompt: Optional[str] = None
     reference: Optional[str] = None
     line: int = 0
+    error: Optional[str] = None
 
     def to_dict(self) -> dict:
         """Plain dict (for building a Ray dataset)."""
         return asdict(self)
+
+
+def is_utf8(text: str) -> bool:
+    r"""Whether ``text`` can be written as UTF-8 (Parquet, Arrow, JSON): False for the lone surrogates Python uses
+    for the bytes of a file name that are not UTF-8 (``os.fsdecode``), or that a JSON ``"\udcff"`` escape gives."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    r"""``text`` as valid UTF-8: unchanged if it is; else the bytes of a file name that are not UTF-8 shown
+    backslash-escaped: the name ``b"bad\xff.wav"``, which Python lists as ``"bad\udcff.wav"``, becomes
+    ``r"bad\xff.wav"`` (a backslash, then ``xff``); a lone surrogate of another origin becomes ``r"\udxxx"``."""
+    if is_utf8(text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from os.fsdecode
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(rows: list[ManifestRow], where: str) -> list[ManifestRow]:
+    """Rows whose path is not valid UTF-8 get it escaped and an ``error`` (they become error rows, the others go
+    on); any other field that is not valid UTF-8 is a bad manifest row.
+
+    Raises:
+        ManifestError: an ``id``, ``language``, ``prompt`` or ``reference`` that is not valid UTF-8.
+    """
+    out = []
+    for row in rows:
+        for field in ("id", "language", "prompt", "reference"):
+            value = getattr(row, field)
+            if value is not None and not is_utf8(value):
+                raise ManifestError(f"{where}, line {row.line}: the {field} is not valid UTF-8: {printable(value)!r}")
+        if is_utf8(row.audio_filepath) and is_utf8(row.uri):
+            out.append(row)
+            continue
+        shown = printable(row.audio_filepath)
+        out.append(replace(row, audio_filepath=shown, uri=printable(row.uri),
+                           error=f"{shown}: the file name is not valid UTF-8 (shown here with its bytes escaped); "
+                                 "rename the file to transcribe it"))
+    return out
 
 
 def _is_url(uri: str) -> bool:
@@ -176,20 +227,37 @@ def _list_audio(uri: str, storage_options: dict) -> list[str]:
 
 
 def _assign_ids(rows: list[ManifestRow], where: str) -> list[ManifestRow]:
-    seen: dict[str, int] = {}
+    """Rows with their final, unique ids: the ``id`` column where given, else ``audio_filepath``, else (the path
+    is listed twice, or is another row's explicit id) ``audio_filepath#line``.
+
+    Raises:
+        ManifestError: two rows end up with one id: an explicit id used twice, or a generated id equal to another
+            row's id (``{"id": "a.wav#3"}`` beside ``a.wav`` listed on lines 2 and 3); the message names both
+            lines, and whether each id was given or generated.
+    """
+    explicit: dict[str, int] = {}
+    for row in rows:
+        if row.id:
+            if row.id in explicit:
+                raise ManifestError(f"{where}, line {row.line}: id {row.id!r} is already used on line "
+                                    f"{explicit[row.id]}; ids must be unique")
+            explicit[row.id] = row.line
+    seen: dict[str, tuple[int, bool]] = {rid: (line, True) for rid, line in explicit.items()}
     out = []
-    explicit = {r.id for r in rows if r.id}
     for row in rows:
         rid = row.id
-        if rid:
-            if rid in seen:
-                raise ManifestError(f"{where}, line {row.line}: id {rid!r} is already used on line {seen[rid]}")
-        else:
+        if not rid:
             rid = row.audio_filepath
-            if rid in seen or rid in explicit:
+            if rid in seen:
                 rid = f"{row.audio_filepath}#{row.line}"
-        seen[rid] = row.line
-        out.append(ManifestRow(rid, row.audio_filepath, row.uri, row.language, row.prompt, row.reference, row.line))
+            if rid in seen:
+                line, given = seen[rid]
+                raise ManifestError(
+                    f"{where}, line {row.line}: the id generated for this row ({rid!r}: its path and line, as the "
+                    f"path is listed more than once or is another row's id) is already the id of line {line} "
+                    f"({'given' if given else 'generated'} there); give these rows explicit, unique ids")
+            seen[rid] = (row.line, False)
+        out.append(replace(row, id=rid))
     return out
 
 
@@ -204,11 +272,13 @@ def read_manifest(uri: str, storage_options: Optional[dict] = None) -> list[Mani
 
     Returns:
         Rows in manifest order with unique ids (the ``id`` column, else ``audio_filepath``, made unique by
-        ``#line`` when a path is listed twice).
+        ``#line`` when a path is listed twice or is another row's id). A path that is not valid UTF-8 (a listed
+        file's name) is shown escaped and its row carries an ``error`` instead of failing the manifest.
 
     Raises:
-        ManifestError: unreadable manifest, bad JSON/CSV/Parquet, a row without a path, duplicate ids, an empty
-            input; the message names the file and line.
+        ManifestError: unreadable manifest, bad JSON/CSV/Parquet, a row without a path, duplicate ids (given or
+            generated: the message names both lines), an empty input, an id/language/prompt/reference that is not
+            valid UTF-8; the message names the file and line.
     """
     storage_options = storage_options or {}
     uri = _local(uri)
@@ -227,10 +297,10 @@ def read_manifest(uri: str, storage_options: Optional[dict] = None) -> list[Mani
         for line, f in enumerate(files, start=1):
             rel = os.path.relpath(f, base) if not _is_url(f) else f
             rows.append(ManifestRow(id="", audio_filepath=rel if not _is_url(f) else f, uri=f, line=line))
-        return _assign_ids(rows, f"input {uri}")
+        return _assign_ids(_check_text(rows, f"input {uri}"), f"input {uri}")
     base_dir = _parent(uri)
     records = _records(uri, storage_options)
     rows = [_row(rec, f"manifest {uri}", line, base_dir) for line, rec in records]
     if not rows:
         raise ManifestError(f"manifest {uri}: has no rows")
-    return _assign_ids(rows, f"manifest {uri}")
+    return _assign_ids(_check_text(rows, f"manifest {uri}"), f"manifest {uri}")

@@ -3,16 +3,21 @@ per input across reruns.
 
 Layout of the output folder::
 
-    DIR/part-<run_id>-<seq>.parquet   the current rows, in TRANSCRIPT_SCHEMA, each written atomically so a reader
+    DIR/part-<run_id>-<seq>-<writer>.parquet
+                                      the current rows, in TRANSCRIPT_SCHEMA, each written atomically so a reader
                                       never sees half a file: on object stores (s3://...) by one PUT of the final
-                                      key, elsewhere under DIR/_tmp/ and then renamed
+                                      key, elsewhere under DIR/_tmp/ and then renamed. <writer> is 8 random hex
+                                      digits per PartWriter, so two writers never pick one name, not even two runs
+                                      given the same --run-id (parts named part-<run_id>-<seq>.parquet by earlier
+                                      versions are read the same way)
+    DIR/_lock.json                    the lock of the run writing the folder (see pipelines.io.lock)
     DIR/_runs/<run_id>.json           each run's summary (config, counts, timings); written "running" at the start
     DIR/_errors.parquet               the current error rows of the last complete run's manifest (the errors table)
     DIR/_replaced/<run_id>/...        rows a run took out of the current set: whole parts moved aside by
                                       --overwrite, and rows superseded by a rerun (an error row retried, a row of
                                       another config or of changed audio); kept so nothing is lost, never read
     DIR/_tmp/                         parts being written (not on object stores); what a killed run left here is
-                                      deleted by the next run
+                                      deleted by the next run, once it holds the lock
 
 Names starting with ``_`` are skipped by pyarrow's and pandas' dataset readers. A part is only ever replaced
 whole (one PUT of the same key on object stores; written under ``_tmp/``, then renamed over the old one
@@ -26,10 +31,13 @@ fsspec filesystem (local, s3://...); see :mod:`pipelines.io.storage`.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
+import threading
+import time
 import uuid
-from typing import Callable, Iterable, Optional, TypeVar
+from typing import Callable, Iterable, Mapping, Optional, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,12 +47,16 @@ from fsspec.core import url_to_fs
 from pipelines.core.errors import StorageError
 from pipelines.core.schema import TRANSCRIPT_SCHEMA
 from pipelines.io.storage import RetryPolicy, is_object_store, move_file, remove_file, write_atomic
+from pipelines.redact import scrub
 
 RUNS_DIR = "_runs"
 TMP_DIR = "_tmp"
 REPLACED_DIR = "_replaced"
 ERRORS_FILE = "_errors.parquet"
-PART_RE = re.compile(r"^part-(?P<run_id>.+)-(?P<seq>\d{5,})\.parquet$")
+#: A part's name: ``part-<run_id>-<seq>-<writer>.parquet``, or ``part-<run_id>-<seq>.parquet`` (earlier versions).
+PART_RE = re.compile(r"^part-(?P<run_id>.+?)-(?P<seq>\d{5,})(?:-(?P<writer>[0-9a-f]{8}))?\.parquet$")
+
+log = logging.getLogger("raywhisper")
 
 T = TypeVar("T")
 
@@ -101,7 +113,8 @@ class OutputFolder:
 
     def prepare(self) -> None:
         """Create the folder (not on object stores: the prefix needs no creating, and a makedirs there could create
-        a bucket) and delete what a killed run left in ``_tmp/`` (one run at a time per folder)."""
+        a bucket) and delete what a killed run left in ``_tmp/``. Call it only while holding the folder's lock
+        (:class:`pipelines.io.lock.OutputLock`): another live run's ``_tmp/`` would go too."""
         tmp = self.path(TMP_DIR)
 
         def attempt() -> None:
@@ -153,15 +166,24 @@ class OutputFolder:
             moved.append(dest)
         return moved
 
-    def take_out(self, rows: dict[str, Iterable[int]], run_id: str, compression: str = "zstd") -> int:
+    def take_out(self, rows: dict[str, Iterable[int]], run_id: str, compression: str = "zstd",
+                 expect: Optional[Mapping[str, Mapping[int, str]]] = None) -> int:
         """Take rows out of the current set: for each part, the rows at the given positions go to
         ``_replaced/<run_id>/<part>`` and the part is replaced by the rest (deleted when nothing is left).
 
         The removed rows are written first, so a run killed half-way leaves them in both places at worst (the
         part is unchanged and the next run takes them out again), never lost and never doubled in the current set.
 
+        Args:
+            expect: the id expected at each position (part -> position -> id), from the index the positions come
+                from: a part that no longer holds them is left whole and the call fails.
+
         Returns:
             The number of rows taken out.
+
+        Raises:
+            StorageError: a part does not hold the expected ids at the positions (it changed since it was indexed:
+                another writer); parts before it in name order were already handled.
         """
         taken = 0
         for part, positions in sorted(rows.items()):
@@ -169,6 +191,15 @@ class OutputFolder:
             if not drop:
                 continue
             table = self.read_part(part)
+            if expect is not None and part in expect:
+                ids = table.column("id").to_pylist()
+                for position, want in sorted(expect[part].items()):
+                    found = ids[position] if position < len(ids) else None
+                    if found != want:
+                        raise StorageError(
+                            f"output {self.uri}: {part} changed since this run indexed it (row {position} is "
+                            f"{found!r}, expected {want!r}): another run writing the folder? Nothing was taken "
+                            "out of it; rerun once the other run is done")
             mask = pa.array([i in drop for i in range(table.num_rows)])
             removed, kept = table.filter(mask), table.filter(pc.invert(mask))
             aside = f"{posixpath.basename(part)[:-len('.parquet')]}.{uuid.uuid4().hex[:8]}.parquet"
@@ -182,7 +213,13 @@ class OutputFolder:
 
 
 class PartWriter:
-    """Buffer rows and write them as Parquet part files of ``rows_per_file`` rows, each atomically.
+    """Buffer rows and write them as Parquet part files of ``rows_per_file`` rows, each atomically; rows in hand
+    are also written (a smaller part) once the oldest has waited ``flush_interval_s``, so a killed driver loses at
+    most that much finished work.
+
+    The interval is checked on every :meth:`write` and by :meth:`flush_due`, which :meth:`start_timer` calls from
+    a background thread while no rows arrive (the job's result loop blocks until the next batch, which can take
+    longer than the interval). All methods are thread-safe.
 
     Args:
         output_uri: the dataset folder (created if missing; on object stores the bucket must exist).
@@ -191,18 +228,31 @@ class PartWriter:
         compression: Parquet codec.
         storage_options: fsspec options.
         retry: retries of a part write on transient storage errors (default: RetryPolicy()).
+        flush_interval_s: longest a row waits in memory (s); None: only full parts (and :meth:`close`).
+        before_write: called before each part write, e.g. the output lock's ``check`` (raises to refuse: the rows
+            stay in hand).
+        clock: monotonic seconds (tests inject one).
     """
 
     def __init__(self, output_uri: str, run_id: str, rows_per_file: int = 256, compression: str = "zstd",
-                 storage_options: Optional[dict] = None, retry: Optional[RetryPolicy] = None):
+                 storage_options: Optional[dict] = None, retry: Optional[RetryPolicy] = None,
+                 flush_interval_s: Optional[float] = 60.0, before_write: Optional[Callable[[], None]] = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.folder = OutputFolder(output_uri, storage_options, retry)
         if not self.folder.object_store:  # on S3, makedirs of a missing bucket would create the bucket
             self.folder.fs.makedirs(self.folder.root, exist_ok=True)
         self.run_id = run_id
+        self.writer_id = uuid.uuid4().hex[:8]
         self.rows_per_file = rows_per_file
         self.compression = compression
-        self._pending: list[pa.Table] = []
+        self.flush_interval_s = flush_interval_s
+        self.before_write = before_write
+        self.clock = clock
+        self._pending: list[tuple[pa.Table, float]] = []  # (rows, when they arrived)
         self._pending_rows = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._timer: Optional[threading.Thread] = None
         seqs = [int(m["seq"]) for m in (PART_RE.match(posixpath.basename(p)) for p in self.folder.parts())
                 if m and m["run_id"] == run_id]
         self._seq = max(seqs, default=-1) + 1
@@ -217,26 +267,76 @@ class PartWriter:
         return self.folder.root
 
     def write(self, table: pa.Table) -> list[str]:
-        """Add rows (a table in TRANSCRIPT_SCHEMA); returns the part paths written by this call."""
-        if table.num_rows:
-            self._pending.append(conform(table))
-            self._pending_rows += table.num_rows
-        written = []
-        while self._pending_rows >= self.rows_per_file:
-            written.append(self._flush(self.rows_per_file))
-        return written
+        """Add rows (a table in TRANSCRIPT_SCHEMA); returns the part paths written by this call: full parts, and
+        the rest in hand if its oldest row has waited ``flush_interval_s``."""
+        with self._lock:
+            if table.num_rows:
+                self._pending.append((conform(table), self.clock()))
+                self._pending_rows += table.num_rows
+            written = []
+            while self._pending_rows >= self.rows_per_file:
+                written.append(self._flush(self.rows_per_file))
+            if self._due():
+                written.append(self._flush(self._pending_rows))
+            return written
+
+    def flush_due(self) -> list[str]:
+        """Write the rows in hand as a part if the oldest has waited ``flush_interval_s``; returns the part
+        written, if any."""
+        with self._lock:
+            return [self._flush(self._pending_rows)] if self._due() else []
+
+    def start_timer(self, period_s: Optional[float] = None) -> None:
+        """Call :meth:`flush_due` every ``period_s`` (default: a quarter of ``flush_interval_s``, between 0.1 and
+        5 s) from a daemon thread until :meth:`close`. A failed write is logged and tried again on the next tick
+        (and by the next :meth:`write`, which raises if it fails too)."""
+        if self.flush_interval_s is None or self._timer is not None:
+            return
+        period = period_s or min(5.0, max(0.1, self.flush_interval_s / 4))
+
+        def tick() -> None:
+            while not self._stop.wait(period):
+                try:
+                    for part in self.flush_due():
+                        log.info("wrote %s (rows in hand for %g s: output.flush_interval_s)", part,
+                                 self.flush_interval_s)
+                except Exception as exc:  # noqa: BLE001 - the rows stay in hand; the job's own writes raise
+                    log.warning("could not write the rows in hand on time (%s: %s); retrying", type(exc).__name__, exc)
+        self._stop.clear()
+        self._timer = threading.Thread(target=tick, name="part-flush-timer", daemon=True)
+        self._timer.start()
 
     def close(self) -> list[str]:
-        """Write what is left; returns the part paths written."""
-        return [self._flush(self._pending_rows)] if self._pending_rows else []
+        """Stop the timer and write what is left; returns the part paths written."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(timeout=60)
+            self._timer = None
+        with self._lock:
+            return [self._flush(self._pending_rows)] if self._pending_rows else []
+
+    def _due(self) -> bool:
+        return (self.flush_interval_s is not None and self._pending_rows > 0
+                and self.clock() - self._pending[0][1] >= self.flush_interval_s)
 
     def _flush(self, n: int) -> str:
-        table = pa.concat_tables(self._pending)
+        if self.before_write is not None:
+            self.before_write()
+        table = pa.concat_tables([t for t, _ in self._pending])
         head, rest = table.slice(0, n), table.slice(n)
-        name = f"part-{self.run_id}-{self._seq:05d}.parquet"
+        name = f"part-{self.run_id}-{self._seq:05d}-{self.writer_id}.parquet"
         final = self.folder.write_atomic(self.folder.path(name), head, self.compression)
         # only once the part is written: a write that failed (StorageError) leaves the rows pending
-        self._pending = [rest] if rest.num_rows else []
+        if rest.num_rows:
+            seen, since = 0, self._pending[-1][1]
+            for t, arrived in self._pending:  # the rest's oldest row arrived with the table holding row n
+                seen += t.num_rows
+                if seen > n:
+                    since = arrived
+                    break
+            self._pending = [(rest, since)]
+        else:
+            self._pending = []
         self._pending_rows = rest.num_rows
         self._seq += 1
         self.parts.append(final)
@@ -246,9 +346,10 @@ class PartWriter:
 def write_summary(output_uri: str, run_id: str, summary: dict, storage_options: Optional[dict] = None,
                   retry: Optional[RetryPolicy] = None) -> str:
     """Write ``summary`` as ``_runs/<run_id>.json`` under the output folder (atomically, replacing an earlier
-    summary of the run); returns its path."""
+    summary of the run); returns its path. The summary goes through :func:`pipelines.redact.scrub` first: no
+    credential in the config it carries, no userinfo in a URL, reaches the file."""
     fs, root = url_to_fs(output_uri, **(storage_options or {}))
     path = posixpath.join(root.rstrip("/"), RUNS_DIR, f"{run_id}.json")
-    data = json.dumps(summary, indent=2, default=str).encode()
+    data = json.dumps(scrub(summary), indent=2, default=str).encode()
     write_atomic(fs, path, data, retry, posixpath.join(root.rstrip("/"), TMP_DIR))
     return path
