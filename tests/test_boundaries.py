@@ -1,4 +1,5 @@
-"""Import boundaries (DESIGN.md): the core imports no Ray, FastAPI or MLflow; importing has no side effects."""
+"""Import boundaries at run time (docs/architecture.md, invariant 2; the static rules are in
+tests/test_import_contracts.py): the core imports no Ray, FastAPI or MLflow; importing has no side effects."""
 
 from __future__ import annotations
 
