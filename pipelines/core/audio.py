@@ -181,6 +181,7 @@ def decode_audio(
     max_duration_s: float | None = None,
     name: str | None = None,
     limits: SourceLimits | None = None,
+    duration_field: str = "chunking.max_audio_duration_s",
 ) -> AudioArray:
     """Decode the first audio stream of ``source`` (path, bytes or binary file object) to mono ``sample_rate``.
 
@@ -197,6 +198,7 @@ def decode_audio(
         name: how to name the input in error messages (defaults to the path).
         limits: refuse streams whose sample rate or channel count is outside these, before decoding (and again on
             the first decoded frame, for containers that only say then).
+        duration_field: the setting that ``max_duration_s`` comes from, named in the too-long message.
 
     Returns:
         :class:`AudioArray` with float32 samples, shape (n_samples,).
@@ -239,7 +241,7 @@ def decode_audio(
         if max_duration_s is not None and declared_s is not None and declared_s > max_duration_s:
             raise AudioTooLongError(
                 f"{label}: {format_duration(declared_s)} long, above the limit of {format_duration(max_duration_s)} "
-                "(chunking.max_audio_duration_s)"
+                f"({duration_field})"
             )
         max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate) + sample_rate
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
@@ -258,7 +260,7 @@ def decode_audio(
                     said = "declares no duration" if declared_s is None else f"declares {format_duration(declared_s)}"
                     raise AudioTooLongError(
                         f"{label}: the container {said} but it decodes to more than "
-                        f"{format_duration(max_duration_s)} (chunking.max_audio_duration_s); stopped decoding"
+                        f"{format_duration(max_duration_s)} ({duration_field}); stopped decoding"
                     )
             for out in resampler.resample(None):
                 pieces.append(out.to_ndarray().reshape(-1))
