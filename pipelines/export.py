@@ -1,15 +1,19 @@
-"""Export a job's transcripts as subtitle or text files, one file per transcript.
+"""Export a job's transcripts as subtitle, text or JSON files, one file per transcript.
 
-    python -m pipelines.export --input OUT_DIR --format srt|vtt|txt|json --output EXPORT_DIR
+    python -m pipelines.export --input OUT_DIR --format srt|vtt|text|verbose_json --output EXPORT_DIR
+
+The formats are :mod:`pipelines.core.export`'s, the same renderers and meanings as the Serve endpoint's
+``response_format`` (docs/analysis.md):
 
 - ``srt`` (SubRip, built with the ``srt`` library) and ``vtt`` (WebVTT, built with ``webvtt-py``): one cue per
   segment, cue times = segment ``start``/``end`` rounded to the millisecond. Segments with blank text are left
   out; a segment whose rounded end is not after its start ends 1 ms after it (players drop zero-length cues).
   Cue text is the segment text with runs of whitespace made single spaces (a blank line would end a cue); in
   VTT, ``&``, ``<`` and ``>`` are written as ``&amp;``, ``&lt;`` and ``&gt;`` as the format requires.
-- ``txt``: one segment's text per line (the row's ``text`` when it has no segments).
-- ``json``: the row in the shape of OpenAI's ``verbose_json`` (``language``, ``duration``, ``text``, ``segments``
-  with their ``words``) plus ``id``, ``audio_filepath``, ``status`` and ``language_probability``.
+- ``text`` (files ``.txt``; ``txt`` is accepted as another name for it): the row's ``text``, one paragraph.
+- ``verbose_json`` (files ``.json``; ``json`` is accepted as another name for it, as before): the row in the shape
+  of OpenAI's ``verbose_json`` (``language``, ``duration``, ``text``, ``segments`` with their ``words``) plus
+  ``id``, ``audio_filepath``, ``status``, ``language_probability``, ``schema_version`` and ``usage``.
 
 Rows: ``error`` rows are skipped with a message on stderr (they have no transcript); ``empty`` rows (no speech
 found) get a file with no cues (an empty ``.srt``/``.txt``, a ``WEBVTT`` header only, JSON with no segments), so
@@ -21,10 +25,6 @@ becomes ``_``, a leading ``.`` becomes ``_`` and names are cut at 150 characters
 the name, ``-`` and the first 8 hex digits of the id's SHA-1 are appended (``a b?.wav`` -> ``a_b_.wav-9640a404``).
 A name that would still collide (ignoring case, for case-insensitive file systems) with another id's in the same
 export gets that suffix too, so two different ids never share a file.
-
-The pure functions (:func:`to_srt`, :func:`to_vtt`, :func:`to_text`, :func:`to_json`) take segments as
-:class:`~pipelines.core.schema.Segment` objects or as the dicts of a Parquet row, and import nothing but the
-subtitle libraries; they are meant to merge with ``pipelines/core/export.py`` (the Serve endpoint's formats).
 """
 
 from __future__ import annotations
@@ -33,86 +33,53 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import posixpath
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
-from pipelines.core.export import cues, to_srt, to_vtt  # noqa: F401 - the one SRT/VTT writer, re-exported
+from pipelines.core.export import export_text, to_srt, to_text, to_vtt, verbose_json  # noqa: F401 - re-exported
 
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("srt", "vtt", "txt", "json")
+#: The formats the CLI writes, each with its file extension (the meanings are pipelines.core.export's).
+EXTENSIONS = {"srt": "srt", "vtt": "vtt", "text": "txt", "verbose_json": "json"}
+#: Other names accepted for a format, kept from before the formats were one module's: ``txt`` and ``json``.
+ALIASES = {"txt": "text", "json": "verbose_json"}
+FORMATS = tuple(EXTENSIONS)
 #: the columns an export reads
 COLUMNS = ["id", "audio_filepath", "status", "error_type", "error_message", "language", "language_probability",
-           "duration_s", "text", "segments"]
+           "duration_s", "text", "segments", "schema_version"]
 MAX_NAME_CHARS = 150
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_SPACES = re.compile(r"\s+")
 
 
-# ---------------------------------------------------------------------------------------------------- pure formats
-
-
-def to_text(segments: Sequence[Any], text: Optional[str] = None) -> str:
-    """Plain text: one non-blank segment per line; ``text`` when there are no segments; ``""`` when neither has
-    any words. Ends with a newline unless empty."""
-    lines = [c.text for c in cues(segments)]
-    if not lines and text and text.strip():
-        lines = [_SPACES.sub(" ", text).strip()]
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def _plain(value: Any) -> Any:
-    """Parquet values (numpy arrays, numpy scalars, NaN) -> JSON-ready Python values."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def to_json(row: Mapping[str, Any]) -> str:
-    """One transcript row as ``verbose_json``-like JSON (see the module doc), UTF-8 text, indented."""
-    segments = [_plain(s if isinstance(s, Mapping) else s.to_dict()) for s in (row.get("segments") or [])]
-    doc = {
-        "id": row.get("id"),
-        "audio_filepath": row.get("audio_filepath"),
-        "status": row.get("status"),
-        "language": row.get("language"),
-        "language_probability": _plain(row.get("language_probability")),
-        "duration": _plain(row.get("duration_s")),
-        "text": row.get("text") or "",
-        "segments": segments,
-    }
-    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
-
-
-def render(row: Mapping[str, Any], fmt: str) -> str:
-    """The export of one row in ``fmt`` (one of :data:`FORMATS`).
+def format_name(fmt: str) -> str:
+    """The format ``fmt`` names (an alias resolved: ``txt`` -> ``text``, ``json`` -> ``verbose_json``).
 
     Raises:
         ValueError: unknown format.
     """
-    segments = row.get("segments")
-    segments = [] if segments is None else list(segments)
-    if fmt == "srt":
-        return to_srt(segments)
-    if fmt == "vtt":
-        return to_vtt(segments)
-    if fmt == "txt":
-        return to_text(segments, row.get("text"))
-    if fmt == "json":
-        return to_json(row)
-    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    fmt = ALIASES.get(fmt, fmt)
+    if fmt not in EXTENSIONS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join([*FORMATS, *ALIASES])}")
+    return fmt
+
+
+def render(row: Mapping[str, Any], fmt: str) -> str:
+    """The export of one row in ``fmt`` (one of :data:`FORMATS` or an alias), rendered by
+    :mod:`pipelines.core.export`.
+
+    Raises:
+        ValueError: unknown format.
+    """
+    fmt = format_name(fmt)
+    if fmt == "verbose_json":
+        return json.dumps(verbose_json(row), ensure_ascii=False, indent=2) + "\n"
+    return export_text(row, fmt)
 
 
 # ---------------------------------------------------------------------------------------------------- file names
@@ -188,8 +155,7 @@ def export(input_path: str, fmt: str, output: str, storage_options: Optional[dic
 
     from pipelines.analysis import open_dataset
 
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    fmt = format_name(fmt)
     dataset = open_dataset(input_path, storage_options)
     columns = [c for c in COLUMNS if c in dataset.schema.names]
     fs, root = url_to_fs(output, **(storage_options or {}))
@@ -209,7 +175,7 @@ def export(input_path: str, fmt: str, output: str, storage_options: Optional[dic
                 summary.duplicates.append(row_id)
                 log.warning("id %s appears more than once in %s; overwriting its export", row_id, input_path)
             seen.add(row_id)
-            path = posixpath.join(root, f"{names.name_for(row_id)}.{fmt}")
+            path = posixpath.join(root, f"{names.name_for(row_id)}.{EXTENSIONS[fmt]}")
             with fs.open(path, "w", encoding="utf-8") as f:
                 f.write(render(row, fmt))
             summary.written.append(path)
@@ -224,7 +190,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     "(error rows are skipped; empty rows give a file with no cues).",
     )
     parser.add_argument("--input", required=True, help="the job's --output folder (local path or fsspec URL)")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="srt, vtt, txt or json")
+    parser.add_argument("--format", required=True, choices=[*FORMATS, *ALIASES],
+                        help="srt, vtt, text (.txt) or verbose_json (.json); txt and json are other names for the "
+                             "last two")
     parser.add_argument("--output", required=True, help="folder for the exported files (created if missing)")
     return parser.parse_args(argv)
 
@@ -237,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(summary.written)} .{args.format} files to {args.output} "
+    print(f"wrote {len(summary.written)} .{EXTENSIONS[format_name(args.format)]} files to {args.output} "
           f"({summary.empty} with no speech); skipped {len(summary.skipped)} error rows")
     return 0
 

@@ -14,7 +14,7 @@ import webvtt
 
 from pipelines import analysis as an
 from pipelines.core.schema import Segment, Word
-from pipelines.export import NameAllocator, main, safe_filename, to_srt, to_text, to_vtt
+from pipelines.export import NameAllocator, main, safe_filename, to_srt, to_text, to_vtt, verbose_json
 from tests.conftest import JFK_PHRASE, ROOT
 from tests.transcripts_output import CLIPS, MISSING_ID, SILENT_ID, build_output
 
@@ -79,17 +79,20 @@ def test_vtt_parses_back_with_segment_times(output_dir, rows, tmp_path, capsys):
 
 
 def test_txt_and_json(output_dir, rows, tmp_path, capsys):
-    txt = export(output_dir, tmp_path, "txt", capsys)
-    jfk_lines = (txt / "jfk__jfk.flac.txt").read_text().splitlines()
-    assert jfk_lines == [s["text"].strip() for s in rows["jfk/jfk.flac"]["segments"]]
-    assert JFK_PHRASE in " ".join(jfk_lines).lower()
+    txt = export(output_dir, tmp_path, "txt", capsys)  # "txt": another name for "text", the endpoint's meaning
+    jfk_text = (txt / "jfk__jfk.flac.txt").read_text()
+    assert jfk_text == rows["jfk/jfk.flac"]["text"].strip() + "\n" and JFK_PHRASE in jfk_text.lower()
     assert (txt / f"{safe_filename(SILENT_ID)}.txt").read_text() == ""
+    assert main(["--input", str(output_dir), "--format", "text", "--output", str(tmp_path / "text")]) == 0
+    assert "files" in capsys.readouterr().out and (tmp_path / "text" / "jfk__jfk.flac.txt").read_text() == jfk_text
     js = export(output_dir, tmp_path, "json", capsys)
     doc = json.loads((js / "jfk__jfk.flac.json").read_text())
     assert doc["id"] == "jfk/jfk.flac" and doc["status"] == "ok" and doc["language"] == "en"
     assert doc["duration"] == pytest.approx(11.0, abs=0.01)
     assert doc["segments"] == rows["jfk/jfk.flac"]["segments"]
     assert doc["segments"][0]["words"][0].keys() == {"word", "start", "end", "probability"}
+    endpoint_fields = set(verbose_json(rows["jfk/jfk.flac"])) - {"id", "audio_filepath", "status"}
+    assert endpoint_fields <= set(doc)  # the endpoint's verbose_json fields, rendered by the same function
     silent = json.loads((js / f"{safe_filename(SILENT_ID)}.json").read_text())
     assert silent["status"] == "empty" and silent["segments"] == [] and silent["text"] == ""
 
@@ -124,15 +127,15 @@ def test_tricky_segments_round_trip():
     assert [html.unescape(c.text) for c in caps] == ["Tom & Jerry <3 --> the end", "zero length", "past an hour"]
     assert "&lt;3 --&gt;" in caps[0].text  # escaped as WebVTT requires
     assert [c.start for c in caps] == ["00:00:00.000", "00:00:01.235", "01:01:02.500"]
-    assert to_text(TRICKY).splitlines() == ["Tom & Jerry <3 --> the end", "zero length", "past an hour"]
+    assert to_text({"text": " Tom & Jerry  ", "segments": TRICKY}) == "Tom & Jerry\n"  # text: the row's text
 
 
 def test_formats_take_segment_objects_and_nothing():
     seg = Segment(0, 0.5, 1.5, " hello", -0.2, 1.0, 0.01, 0.0, (Word(" hello", 0.5, 1.5, 0.9),))
     assert list(srt.parse(to_srt([seg])))[0].content == "hello"
     assert webvtt.from_string(to_vtt([seg])).captions[0].end == "00:00:01.500"
-    assert to_srt([]) == "" and to_text([]) == "" and webvtt.from_string(to_vtt([])).captions == []
-    assert to_text([], text=" whole text ") == "whole text\n"
+    assert to_srt([]) == "" and to_text({"text": ""}) == "" and webvtt.from_string(to_vtt([])).captions == []
+    assert to_text({"text": " whole text ", "segments": []}) == "whole text\n"
 
 
 def test_safe_filenames():
