@@ -3,7 +3,7 @@
 Sends the dev corpus's short clips (``manifest.jsonl``, clips up to ``--max-clip-s``) with 1, 4 and 8 concurrent
 clients and prints, per level, throughput (requests/s and audio seconds per second) and p50/p95 latency; then the
 p50 latency of one ~10 s clip sent alone, against the bare transcriber's time for the same clip in this process
-(decode + VAD chunk + transcribe + stitch, and transcribe alone), the two alternating so both see the same load.
+(the engine's prepare + transcribe, and transcribe alone), the two alternating so both see the same load.
 
 Without ``--url`` it starts its own local Ray and Serve (``configs/serve.yaml``'s args) on a free 127.0.0.1 port and
 also reports the model deployment's batches and model calls per level; with ``--url`` it loads a running server
@@ -153,30 +153,27 @@ def run_level(client: Client, clips: list[Clip], clients: int, n_requests: int, 
 
 
 class BareTranscriber:
-    """The server's core path in this process, without Ray or HTTP: same model, decoding and chunking settings."""
+    """The server's path in this process, without Ray or HTTP: the same engine calls (prepare, then transcribe)
+    with the same model, decoding, chunking and input limits."""
 
     def __init__(self, cfg):
-        from pipelines.core.transcriber import Transcriber
+        from pipelines.core.engine import Engine
 
         self.cfg = cfg
-        self.transcriber = Transcriber(cfg.model, cfg.decoding)
+        self.engine = Engine(cfg.model, cfg.decoding)
 
     def run(self, clip: Clip) -> tuple[float, float]:
-        """(decode + VAD chunk + transcribe + stitch, transcribe alone) wall times in seconds for ``clip``."""
-        from pipelines.core.audio import decode_audio
-        from pipelines.core.chunking import chunk_audio, slice_chunk
-        from pipelines.core.constants import SAMPLE_RATE
-        from pipelines.core.stitch import stitch_file
-        from pipelines.core.transcriber import Chunk
+        """(prepare + transcribe, transcribe alone) wall times in seconds for ``clip``; prepare is decode + VAD
+        chunk, transcribe includes the stitch."""
+        from pipelines.core.engine import FileSpec, prepare
+        from serve_app.preparation import input_limits
 
         t0 = time.perf_counter()
-        audio = decode_audio(clip.data, name=clip.name)
-        spans = chunk_audio(audio.samples, self.cfg.chunking)
-        chunks = [Chunk("clip", j, s.offset_s, slice_chunk(audio.samples, s, SAMPLE_RATE)) for j, s in enumerate(spans)]
+        prepared = prepare(clip.data, FileSpec("clip", clip.name, pack_group="clip"), self.cfg.chunking,
+                           input_limits(self.cfg))
         t1 = time.perf_counter()
-        stitch_file(self.transcriber.transcribe_chunks(chunks), audio.duration_s)
-        t2 = time.perf_counter()
-        return t2 - t0, t2 - t1
+        self.engine.transcribe([prepared])
+        return time.perf_counter() - t0, time.perf_counter() - t1
 
 
 def single_clip(client: Client, bare: BareTranscriber, clip: Clip, repeats: int) -> tuple[float, float, float]:

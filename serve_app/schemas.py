@@ -1,8 +1,10 @@
-"""Request and response shapes of ``POST /v1/audio/transcriptions`` (OpenAI's), and the error body.
+"""Request shapes of ``POST /v1/audio/transcriptions`` (OpenAI's), the job sent to the model, and the error body.
 
-The request's form fields are validated once into :class:`TranscriptionRequest`; the ingress decodes and chunks the
-upload into a :class:`TranscriptionJob` for the model deployment. ``verbose_json`` segments and words are the
-:class:`~pipelines.core.schema.Segment` dicts of the Parquet rows, field for field (docs/architecture.md, invariant 4).
+The form is validated once into :class:`TranscriptionForm` (FastAPI reads it: :mod:`serve_app.routes`); its
+fields without the file are a :class:`TranscriptionRequest`; the ingress prepares the upload into a
+:class:`TranscriptionJob` for the model deployment (:mod:`serve_app.preparation`). Responses are rendered by
+:mod:`pipelines.core.export`, the batch export's renderer (``verbose_json`` segments are the Parquet rows'
+``segments``, field for field: docs/architecture.md, invariant 4).
 """
 
 from __future__ import annotations
@@ -10,12 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from fastapi import UploadFile
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipelines.config import DecodingConfig
-from pipelines.core.schema import SCHEMA_VERSION, Transcript
-from pipelines.core.transcriber import Chunk
-from pipelines.core.whisper import LANGUAGE_CODES
+from pipelines.core.constants import SAMPLE_RATE
+from pipelines.core.engine import LANGUAGE_CODES, PreparedFile
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 Granularity = Literal["segment", "word"]
@@ -89,7 +99,7 @@ class TranscriptionRequest(BaseModel):
     """The form fields of ``POST /v1/audio/transcriptions`` except ``file`` (OpenAI's names and meanings, plus
     Groq's ``url``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     model: str = Field(min_length=1, description="Model name: the configured model.name or one of http.model_aliases.")
     language: Optional[str] = Field(None, description="ISO-639-1 code of the audio's language; None detects it.")
@@ -101,7 +111,9 @@ class TranscriptionRequest(BaseModel):
     )
     response_format: ResponseFormat = Field("json", description="json, text, srt, vtt or verbose_json.")
     timestamp_granularities: tuple[Granularity, ...] = Field(
-        ("segment",), description="'segment' and/or 'word' (word needs response_format=verbose_json)."
+        ("segment",), alias="timestamp_granularities[]",
+        validation_alias=AliasChoices("timestamp_granularities[]", "timestamp_granularities"),
+        description="'segment' and/or 'word' (word needs response_format=verbose_json); repeat the field for both.",
     )
     url: Optional[str] = Field(
         None, max_length=2048,
@@ -119,6 +131,11 @@ class TranscriptionRequest(BaseModel):
             raise ValueError(f"unknown language code {value!r}; use an ISO-639-1 code such as 'en' or 'fr'")
         return code
 
+    @field_validator("timestamp_granularities", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
     @field_validator("timestamp_granularities")
     @classmethod
     def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -130,6 +147,13 @@ class TranscriptionRequest(BaseModel):
             raise ValueError("timestamp_granularities=word needs response_format=verbose_json")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # a form's empty or blank text field counts as absent
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+        return data
+
     @classmethod
     def from_form(cls, fields: dict[str, Any]) -> "TranscriptionRequest":
         """Validate the form's text fields (empty strings count as absent).
@@ -137,31 +161,49 @@ class TranscriptionRequest(BaseModel):
         Raises:
             APIError: 400 naming the first bad field (an unknown field, a bad value, a missing ``model``).
         """
-        cleaned = {k: v for k, v in fields.items() if not (isinstance(v, str) and not v.strip())}
         try:
-            return cls.model_validate(cleaned)
+            return cls.model_validate(fields)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            param = ".".join(str(p) for p in err["loc"]) or None
-            if err["type"] == "extra_forbidden":
-                message = f"unknown or unsupported parameter {param!r}"
-                code = "unknown_parameter"
-            elif err["type"] == "missing":
-                message = f"missing required parameter {param!r}"
-                code = "missing_required_parameter"
-            else:
-                message = f"invalid {param or 'request'}: {err['msg']}"
-                if err["type"] == "literal_error" and "input" in err:
-                    message += f" (got {err['input']!r})"
-                code = "invalid_value"
-            raise APIError(400, message, code=code, param=param) from exc
+            raise request_error(exc.errors()) from exc
+
+
+class TranscriptionForm(TranscriptionRequest):
+    """OpenAI's transcription form: the audio file (or, where allowed, its url) and options."""
+
+    file: Optional[UploadFile] = Field(None, description="The audio file (required unless 'url' is given).")
+
+    def request(self) -> TranscriptionRequest:
+        """The form's fields without the file."""
+        return TranscriptionRequest.model_validate(self.model_dump(exclude={"file"}))
+
+
+def request_error(errors: list[dict]) -> APIError:
+    """The 400 :class:`APIError` for the first of pydantic's (or FastAPI's) validation ``errors`` of the form:
+    ``unknown_parameter``, ``missing_required_parameter`` or ``invalid_value``, naming the field."""
+    err = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
+    param = ".".join(str(p) for p in err["loc"] if p not in ("body", "query")) or None
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return APIError(400, f"unknown or unsupported parameter {param!r}", code="unknown_parameter", param=param)
+    if kind == "missing":
+        return APIError(400, f"missing required parameter {param!r}", code="missing_required_parameter",
+                        param=param)
+    if isinstance(err.get("input"), UploadFile):
+        message = f"parameter {param!r} must be a text field, not a file"
+    elif param == "file":
+        message = "parameter 'file' must be a file upload, not a text field"
+    else:
+        message = f"invalid {param or 'request'}: {err['msg']}"
+        if kind == "literal_error" and "input" in err:
+            message += f" (got {err['input']!r})"
+    return APIError(400, message, code="invalid_value", param=param)
 
 
 def effective_decoding(base: DecodingConfig, request: TranscriptionRequest) -> DecodingConfig:
     """The config's decoding options with the request's ``temperature`` and word granularity applied.
 
-    ``language`` and ``prompt`` travel on each :class:`Chunk` instead, so requests differing only in those still
-    share a model call.
+    ``language`` and ``prompt`` travel with the prepared file (:class:`~pipelines.core.engine.FileSpec`) instead,
+    so requests differing only in those still share a model call.
     """
     update: dict[str, Any] = {}
     if request.temperature > 0:
@@ -175,49 +217,31 @@ def effective_decoding(base: DecodingConfig, request: TranscriptionRequest) -> D
 
 @dataclass(frozen=True)
 class TranscriptionJob:
-    """One request's audio, decoded and chunked by the ingress exactly as the batch job does, for the model.
+    """One request for the model deployment: its upload prepared by :func:`pipelines.core.engine.prepare` exactly
+    as the batch job prepares a file (decoded with the guards, VAD chunks; ``prepared.spec.key`` is unique per
+    request and its chunks share windows with no other request's), the effective decoding options and the language
+    asked for (None: detect)."""
 
-    ``chunks`` carry float32 16 kHz samples, shape (n,), at most ``chunking.max_chunk_s`` each, keyed by ``key``
-    (unique per request); ``()`` means VAD found no speech. ``duration_s`` is the decoded file's length.
-    """
-
-    key: str
-    duration_s: float
-    chunks: tuple[Chunk, ...]
+    prepared: PreparedFile
     decoding: DecodingConfig
     language: Optional[str] = None
 
     @property
+    def key(self) -> str:
+        """The request's key (a uuid4 hex)."""
+        return self.prepared.spec.key
+
+    @property
+    def duration_s(self) -> float:
+        """The decoded upload's duration (s)."""
+        return self.prepared.duration_s
+
+    @property
+    def num_chunks(self) -> int:
+        """VAD chunks; 0 means no speech was found."""
+        return self.prepared.num_chunks
+
+    @property
     def audio_s(self) -> float:
         """Seconds of audio sent to the model (the chunks' total)."""
-        return sum(c.duration_s for c in self.chunks)
-
-
-# ----------------------------------------------------------------------------------------------------- response
-def json_response(transcript: Transcript) -> dict:
-    """``response_format=json``: ``{"text": ...}``."""
-    return {"text": transcript.text}
-
-
-def verbose_json_response(transcript: Transcript, granularities: tuple[str, ...], task: str) -> dict:
-    """``response_format=verbose_json``: OpenAI's fields (``task``, ``language``, ``duration``, ``text``,
-    ``segments``, ``words`` when asked for) plus ``language_probability`` and ``schema_version``.
-
-    Each segment is ``Segment.to_dict()``, the Parquet ``segments`` struct field for field (its ``words`` too);
-    ``words`` at the top level is every segment's words in order, when ``word`` is among ``granularities``.
-    Times are seconds of file time.
-    """
-    segments = [seg.to_dict() for seg in transcript.segments]
-    body: dict[str, Any] = {
-        "task": task,
-        "language": transcript.language or "",
-        "language_probability": transcript.language_probability,
-        "duration": round(transcript.duration_s, 3),
-        "text": transcript.text,
-        "segments": segments,
-        "schema_version": SCHEMA_VERSION,
-        "usage": {"type": "duration", "seconds": round(transcript.duration_s, 3)},
-    }
-    if "word" in granularities:
-        body["words"] = [word for seg in segments for word in seg["words"]]
-    return body
+        return sum(len(s) for s in self.prepared.chunk_samples) / SAMPLE_RATE

@@ -42,6 +42,13 @@ class Rule:
         return _under(module, self.forbidden) and not _under(module, self.allowed)
 
 
+#: What serve_app may import of pipelines: the engine, its option, result and error types, the renderer of results,
+#: the constants (the sample rate), storage and the config. Not audio, chunking, transcriber, stitch, decoding,
+#: whisper, rows...: those are the engine's to call.
+SERVE_MAY_IMPORT = ("pipelines.core.engine", "pipelines.core.options", "pipelines.core.schema",
+                    "pipelines.core.errors", "pipelines.core.export", "pipelines.core.constants", "pipelines.io",
+                    "pipelines.config")
+
 RULES = (
     Rule("core-is-ray-free", ("pipelines.core",), ("ray", "fastapi", "starlette", "mlflow"),
          "the core runs and is tested without Ray, FastAPI or MLflow"),
@@ -55,10 +62,10 @@ RULES = (
          "storage and output are shared by the job and the endpoint, never the other way round"),
     Rule("no-ray-private-api", PACKAGES, ("ray._private",),
          "Ray's private modules change without notice between releases"),
-    # The lead's next contract, once the engine exists, reads:
-    # Rule("endpoint-through-the-engine", ("serve_app",), ("pipelines",),
-    #      "the endpoint reaches the pipeline only through the engine and pipelines.io",
-    #      allowed=("pipelines.core.engine", "pipelines.io", "pipelines.config")),
+    Rule("endpoint-through-the-engine", ("serve_app",), ("pipelines",),
+         "the endpoint reaches the pipeline only through the engine (and the types of what it takes and gives), "
+         "storage and the config; never decode, chunk, transcribe or stitch itself",
+         allowed=SERVE_MAY_IMPORT),
 )
 
 
@@ -127,6 +134,10 @@ def test_the_checker_sees_every_form_of_import():
     assert rules["no-ray-private-api"].forbids("ray._private.state")
     assert not rules["no-ray-private-api"].forbids("ray.util.state")
     assert not rules["one-faster-whisper-adapter"].applies_to("pipelines.core.whisper")
+    serve = rules["endpoint-through-the-engine"]
+    assert serve.forbids("pipelines.core.audio") and serve.forbids("pipelines.core.transcriber")
+    assert serve.forbids("pipelines.core.whisper") and serve.forbids("pipelines.stages")
+    assert not serve.forbids("pipelines.core.engine") and not serve.forbids("pipelines.io.storage")
 
 
 def test_every_source_file_is_checked():

@@ -179,10 +179,10 @@ def test_real_containers_still_decode(tmp_path, corpus):
 
 @pytest.mark.parametrize("kind", HOSTILE)
 def test_endpoint_refuses_hostile_uploads(hostile, listener, in_secret_root, kind):
-    """The endpoint's request preparation (serve_app.app.prepare_job, Ray-free; the Serve fixture of
+    """The endpoint's request preparation (serve_app.preparation.prepare_job, Ray-free; the Serve fixture of
     tests/test_serve.py starts a model replica): a 400 ``invalid_audio`` naming the reason, quickly."""
     from pipelines.config import load_serve_config
-    from serve_app.app import prepare_job
+    from serve_app.preparation import prepare_job
     from serve_app.schemas import APIError, TranscriptionRequest
 
     cfg = load_serve_config()

@@ -283,34 +283,34 @@ def test_a_model_error_keeps_the_replicas_error_id():
 
 
 def test_the_model_deployment_logs_the_failure_under_the_id_it_returns():
-    from serve_app.app import prepare_job
-    from serve_app.deployment import TranscriberDeployment
-    from serve_app.metrics import ModelMetrics
+    from pipelines.core.engine import Engine
+    from serve_app.deployment import ModelServer
+    from serve_app.preparation import prepare_job
     from serve_app.schemas import TranscriptionRequest
 
     class BrokenTranscriber:
         calls = 0
+        multilingual = False
 
         def transcribe_chunks(self, chunks, decoding=None):
             raise RuntimeError(f"CUDA error on the replica ({MARKER})")
 
-    replica = object.__new__(TranscriberDeployment.func_or_class)  # no model load: only the batch logic runs
-    replica.transcriber, replica.metrics, replica._failures_in_a_row = BrokenTranscriber(), ModelMetrics(), 0
-    replica._stats = {"requests": 0, "batches": 0, "max_batch_requests": 0, "chunks": 0, "audio_s": 0.0}
-    job = prepare_job(JFK.read_bytes(), "jfk.flac", TranscriptionRequest.from_form({"model": "whisper-1"}),
-                      ServeConfig())
+    cfg = ServeConfig()
+    replica = ModelServer(cfg, Engine(cfg.model, cfg.decoding, transcriber=BrokenTranscriber()))  # no model load
+    job = prepare_job(JFK.read_bytes(), "jfk.flac", TranscriptionRequest.from_form({"model": "whisper-1"}), cfg)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger("ray.serve")
     logger.addHandler(handler)
     try:
-        (outcome,) = replica._run_batch([job])
+        (outcome,) = replica.run_batch([job])
     finally:
         logger.removeHandler(handler)
     assert isinstance(outcome, APIError) and outcome.status_code == 500
     assert MARKER not in str(outcome.body()) and re.fullmatch(r"[0-9a-f]{32}", outcome.error_id)
-    assert any(outcome.error_id in r.getMessage() and r.exc_info and MARKER in str(r.exc_info[1]) for r in records)
+    assert any(outcome.error_id in r.getMessage() and MARKER in r.getMessage() for r in records)
+    assert replica.failures_in_a_row == 1
     # the id survives the trip through Ray (pickled by its args)
     import pickle
 

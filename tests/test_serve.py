@@ -148,7 +148,9 @@ def test_health_endpoints(endpoint):
     assert ready.json()["model"] == "bundled-tiny.en" and ready.json()["warmup_s"] > 0
     docs = requests.get(f"{endpoint}/openapi.json", timeout=10).json()
     form = docs["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
-    assert {"file", "model", "response_format", "timestamp_granularities[]"} <= set(form["schema"]["properties"])
+    schema = form["schema"]  # FastAPI's form model: a reference to its schema
+    schema = docs["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
+    assert {"file", "model", "response_format", "timestamp_granularities[]"} <= set(schema["properties"])
 
 
 @pytest.mark.ray

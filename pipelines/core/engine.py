@@ -30,6 +30,7 @@ from pipelines.core.options import ChunkingConfig, DecodingConfig, ModelConfig
 from pipelines.core.schema import Transcript
 from pipelines.core.stitch import stitch, stitch_file
 from pipelines.core.transcriber import Chunk, Transcriber
+from pipelines.core.whisper import LANGUAGE_CODES  # noqa: F401 - the codes a request may name, for the endpoint
 
 log = logging.getLogger(__name__)
 
