@@ -2,7 +2,7 @@
 
 Sends the dev corpus's short clips (``manifest.jsonl``, clips up to ``--max-clip-s``) with 1, 4 and 8 concurrent
 clients and prints, per level, throughput (requests/s and audio seconds per second) and p50/p95 latency; then the
-p50 latency of one ~10 s clip sent alone, against the bare transcriber's time for the same clip in this process
+p50 latency of one ~10 s clip sent alone, against the bare engine path's time for the same clip in this process
 (the engine's prepare + transcribe, and transcribe alone), the two alternating so both see the same load.
 
 Without ``--url`` it starts its own local Ray and Serve (``configs/serve.yaml``'s args) on a free 127.0.0.1 port and
@@ -227,13 +227,13 @@ def start_local_server(args: dict, num_cpus: Optional[int]):
     return f"http://127.0.0.1:{port}", cfg, (lambda: handle.stats.remote().result()), resolve_api_key(cfg)
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
-    """Run the load test; prints the figures and returns them as a dict."""
+def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line (see the module doc): the parser (for its errors) and the options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server on loopback (default: start one here)")
     parser.add_argument("--api-key", help="API key for --url")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "serve.yaml",
-                        help="Serve config file whose app args configure the local server and the bare transcriber")
+                        help="Serve config file whose app args configure the local server and the bare engine path")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--requests", type=int, default=32, help="requests per level (at most)")
@@ -245,39 +245,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
                         help="override a ServeConfig field of the app args (repeatable), e.g. decoding.beam_size=1")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    opts = parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
 
-    from pipelines.config import ServeConfig
-    from serve_app.app import ServeAppArgs, serve_config_from_args
 
-    stats = None
-    args = app_args(opts.config, opts.overrides)
-    if opts.url:
-        host = urlparse(opts.url).hostname
-        if host not in LOOPBACK:
-            parser.error(f"--url must be on loopback ({sorted(LOOPBACK)}), got {host!r}")
-        cfg: ServeConfig = serve_config_from_args(ServeAppArgs.model_validate(args))
-        url, api_key = opts.url, opts.api_key
-    else:
-        url, cfg, stats, api_key = start_local_server(args, opts.num_cpus)
-
-    clips = load_clips(opts.corpus, opts.max_clip_s)
-    client = Client(url, api_key)
-    try:
-        for clip in clips[:2]:  # warm up the path (first-request costs)
-            client.send(clip)
-        levels = [run_level(client, clips, n, opts.requests, opts.max_seconds, stats) for n in opts.clients]
-        single = nearest_clip(opts.corpus, opts.single_target_s)
-        served_p50, bare_full, bare_model = single_clip(client, BareTranscriber(cfg), single, opts.single_repeats)
-    finally:
-        if stats is not None:
-            import ray
-            from ray import serve
-
-            serve.shutdown()
-            ray.shutdown()
-
-    print(f"load test: {len(clips)} clips <= {opts.max_clip_s:g} s from {opts.corpus}, "
+def report(cfg, opts: argparse.Namespace, n_clips: int, levels: list[LevelResult], single: Clip,
+           p50s: tuple[float, float, float]) -> dict:
+    """Print the figures; return them as a dict."""
+    served_p50, bare_full, bare_model = p50s
+    print(f"load test: {n_clips} clips <= {opts.max_clip_s:g} s from {opts.corpus}, "
           f"model {cfg.model.name} ({cfg.model.device}, {cfg.model.compute_type}), "
           f"beam_size {cfg.decoding.beam_size}, max_batch_size {cfg.deployment.max_batch_size}, "
           f"batch_wait {cfg.deployment.batch_wait_timeout_s} s")
@@ -291,15 +266,49 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for lv in levels[1:]:
         print(f"throughput at {lv.clients} clients: {lv.throughput_rps / base:.2f}x one client's")
     ratio = served_p50 / bare_full
-    print(f"single clip {single.name} ({single.duration_s:g} s): served p50 {served_p50:.3f} s; bare transcriber p50 "
-          f"{bare_full:.3f} s (decode+VAD+transcribe+stitch), {bare_model:.3f} s (transcribe only); "
+    print(f"single clip {single.name} ({single.duration_s:g} s): served p50 {served_p50:.3f} s; bare engine p50 "
+          f"{bare_full:.3f} s (prepare + transcribe), {bare_model:.3f} s (transcribe only); "
           f"ratio {ratio:.2f}x (vs transcribe only {served_p50 / bare_model:.2f}x)")
-    result = {
+    return {
         "levels": [asdict(lv) for lv in levels],
         "single_clip": {"name": single.name, "duration_s": single.duration_s, "served_p50_s": round(served_p50, 3),
                         "bare_full_p50_s": round(bare_full, 3), "bare_transcribe_p50_s": round(bare_model, 3),
                         "ratio_vs_full": round(ratio, 3), "ratio_vs_transcribe": round(served_p50 / bare_model, 3)},
     }
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    """Run the load test; prints the figures and returns them as a dict."""
+    parser, opts = parse_args(argv)
+    from serve_app.app import ServeAppArgs, serve_config_from_args
+
+    stats = None
+    args = app_args(opts.config, opts.overrides)
+    if opts.url:
+        host = urlparse(opts.url).hostname
+        if host not in LOOPBACK:
+            parser.error(f"--url must be on loopback ({sorted(LOOPBACK)}), got {host!r}")
+        cfg = serve_config_from_args(ServeAppArgs.model_validate(args))
+        url, api_key = opts.url, opts.api_key
+    else:
+        url, cfg, stats, api_key = start_local_server(args, opts.num_cpus)
+
+    clips = load_clips(opts.corpus, opts.max_clip_s)
+    client = Client(url, api_key)
+    try:
+        for clip in clips[:2]:  # warm up the path (first-request costs)
+            client.send(clip)
+        levels = [run_level(client, clips, n, opts.requests, opts.max_seconds, stats) for n in opts.clients]
+        single = nearest_clip(opts.corpus, opts.single_target_s)
+        p50s = single_clip(client, BareTranscriber(cfg), single, opts.single_repeats)
+    finally:
+        if stats is not None:
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+    result = report(cfg, opts, len(clips), levels, single, p50s)
     if opts.json:
         opts.json.write_text(json.dumps(result, indent=2))
     return result
