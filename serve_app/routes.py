@@ -169,7 +169,8 @@ async def ready(state: State) -> JSONResponse:
         reason = (f"no model replica answered within {cfg.http.ready_timeout_s:g} s"
                   if isinstance(exc, asyncio.TimeoutError) else "no model replica is available")
         retry_after = str(max(1, math.ceil(cfg.deployment.retry_after_s)))
-        err = APIError(503, f"the model is not ready ({reason})", code="not_ready", headers={"Retry-After": retry_after})
+        err = APIError(503, f"the model is not ready ({reason})", code="not_ready",
+                       headers={"Retry-After": retry_after})
         return error_response(server_error(err, exc))
     return JSONResponse(info)
 
