@@ -99,6 +99,13 @@ def input_limits(cfg: JobConfig) -> InputLimits:
                        max_sample_rate_hz=g.max_sample_rate_hz, max_channels=g.max_channels)
 
 
+def provenance(cfg: JobConfig, run_id: str) -> Provenance:
+    """What the job's rows name as their producer: the model, its compute type, the config fingerprint
+    (model, decoding, chunking) and the run id."""
+    return Provenance(cfg.model.name, cfg.model.compute_type,
+                      config_fingerprint(cfg.model, cfg.decoding, cfg.chunking), run_id)
+
+
 class DecodeChunkStage:
     """Read each file, decode it to 16 kHz mono float32 with the input guards and cut it into VAD chunks of at most
     ``chunking.max_chunk_s`` (:func:`~pipelines.core.engine.prepare`).
@@ -157,8 +164,7 @@ class TranscribeStage:
     def __init__(self, cfg: JobConfig, run_id: str, transcriber: Optional[Transcriber] = None):
         self.cfg = cfg
         self.engine = Engine(cfg.model, cfg.decoding, transcriber)
-        self.provenance = Provenance(cfg.model.name, cfg.model.compute_type,
-                                     config_fingerprint(cfg.model, cfg.decoding, cfg.chunking), run_id)
+        self.provenance = provenance(cfg, run_id)
 
     @staticmethod
     def source_of(row: dict) -> Source:

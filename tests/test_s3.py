@@ -29,7 +29,7 @@ import yaml
 
 from pipelines.config import JobConfig, ServeURLInputConfig, StorageConfig, config_fingerprint, load_config
 from pipelines.core.errors import AudioDecodeError, ConfigError, ManifestError, StorageError
-from pipelines.core.schema import rows_to_table
+from pipelines.core.rows import rows_to_table
 from pipelines.io.manifest import read_manifest
 from pipelines.io.output import PartWriter
 from pipelines.io.storage import resolve_storage
