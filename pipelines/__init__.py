@@ -3,7 +3,8 @@
 Sub-packages:
 - ``pipelines.core``: the Ray-free stages (decode, chunk, transcribe, stitch) and the output schema.
 - ``pipelines.io``: manifests, storage and output writing.
-- ``pipelines.transcribe``: the Ray Data job (``python -m pipelines.transcribe``).
+- ``pipelines.job``: the Ray Data job (run, Ray Data wiring, sink, summary, console); its command line is
+  ``python -m pipelines.transcribe``; :mod:`pipelines.stages` holds its map stages.
 """
 
 __version__ = "0.1.0"

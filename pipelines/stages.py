@@ -1,9 +1,13 @@
-"""The job's two map stages as plain callable classes (load in ``__init__``, work in ``__call__(batch)``), the
-shape Ray Data's ``map_batches`` takes for actor pools. They import no Ray and are tested without it.
+"""The job's map stages as plain callable classes (load in ``__init__``, work in ``__call__(batch)``), the shape
+Ray Data's ``map_batches`` takes for actor pools. They import no Ray and are tested without it. They only move data
+between Arrow rows and the engine (:mod:`pipelines.core.engine`), which does the work, and build output rows with
+:class:`~pipelines.core.rows.TranscriptRow` (docs/architecture.md).
 
-- :class:`DecodeChunkStage` (CPU): manifest rows -> decoded, VAD-chunked files (:data:`CHUNKED_SCHEMA`).
-- :class:`TranscribeStage` (GPU or CPU): chunked files -> transcript rows (``TRANSCRIPT_SCHEMA``). The chunks of
-  all files in a batch are pooled and transcribed together (cross-file batching), then stitched per file.
+- :class:`DecodeChunkStage` (CPU): manifest rows -> bytes read through the :class:`~pipelines.io.storage.Storage`
+  -> :func:`~pipelines.core.engine.prepare` -> one :data:`CHUNKED_SCHEMA` row per file (a
+  :class:`~pipelines.core.engine.PreparedFile` in transport form).
+- :class:`TranscribeStage` (GPU or CPU): chunked rows -> :meth:`~pipelines.core.engine.Engine.transcribe_isolated`
+  (the chunks of all files in a batch together, each file alone on failure) -> ``TRANSCRIPT_SCHEMA`` rows.
 - :class:`HashStage` (CPU, before the job plans what to do): manifest rows -> the SHA-256 of each file, the key
   that resume and the reuse of identical audio go by.
 
@@ -12,27 +16,19 @@ A file that fails in either stage becomes an error row; the batch goes on.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import posixpath
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import JobConfig, config_fingerprint, row_fingerprint
-from pipelines.core.audio import SourceLimits, decode_audio
-from pipelines.core.chunking import chunk_audio, slice_chunk
+from pipelines.config import JobConfig, config_fingerprint
+from pipelines.core.engine import Engine, Failure, FileSpec, InputLimits, PreparedFile, prepare
 from pipelines.core.errors import AudioDecodeError, InputNameError
-from pipelines.core.schema import (
-    SCHEMA_VERSION,
-    STATUS_ERROR,
-    Transcript,
-    rows_to_table,
-)
-from pipelines.core.stitch import stitch
-from pipelines.core.transcriber import Chunk, Transcriber
+from pipelines.core.rows import Provenance, Source, TranscriptRow, rows_to_table
+from pipelines.core.transcriber import Transcriber
 from pipelines.io.storage import Storage, is_transient, resolve_storage
 
 log = logging.getLogger(__name__)
@@ -66,47 +62,79 @@ CHUNKED_SCHEMA = pa.schema(
 )
 
 
-def _rows(batch) -> list[dict]:
-    if isinstance(batch, pa.Table):
-        return batch.to_pylist()
-    if isinstance(batch, list):
-        return batch
-    # dict of columns (numpy batch format)
-    keys = list(batch.keys())
-    n = len(batch[keys[0]]) if keys else 0
-    return [{k: (batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]) for k in keys} for i in range(n)]
+def _rows(batch: Union[pa.Table, list]) -> list[dict]:
+    """The rows of a batch: a pyarrow Table (what the job sends) or a list of dicts (tests)."""
+    return batch.to_pylist() if isinstance(batch, pa.Table) else batch
+
+
+def file_spec(row: dict) -> FileSpec:
+    """The engine's :class:`~pipelines.core.engine.FileSpec` of a manifest or chunked row: keyed by id, named by
+    its path as the manifest gave it, packed only with files of the same folder."""
+    return FileSpec(key=row["id"], name=row["audio_filepath"], language=row.get("language"),
+                    prompt=row.get("prompt"), pack_group=posixpath.dirname(row["audio_filepath"]))
+
+
+def to_chunked_row(prepared: PreparedFile) -> dict:
+    """The :data:`CHUNKED_SCHEMA` fields of a prepared file (its chunks as float32 little-endian bytes)."""
+    return dict(duration_s=prepared.duration_s, source_sample_rate=prepared.source_sample_rate,
+                source_channels=prepared.source_channels, decode_s=prepared.decode_s, vad_s=prepared.vad_s,
+                chunk_offsets_s=list(prepared.chunk_offsets_s),
+                chunk_samples=[s.astype("<f4", copy=False).tobytes() for s in prepared.chunk_samples])
+
+
+def from_chunked_row(row: dict) -> PreparedFile:
+    """The :class:`~pipelines.core.engine.PreparedFile` a :data:`CHUNKED_SCHEMA` row without an error carries (the
+    samples are read in place from the row's bytes, not copied)."""
+    return PreparedFile(file_spec(row), row["duration_s"], row["source_sample_rate"], row["source_channels"],
+                        tuple(float(o) for o in row.get("chunk_offsets_s") or ()),
+                        tuple(np.frombuffer(b, dtype="<f4") for b in row.get("chunk_samples") or ()),
+                        decode_s=row.get("decode_s") or 0.0, vad_s=row.get("vad_s") or 0.0)
+
+
+def input_limits(cfg: JobConfig) -> InputLimits:
+    """The job's input guards for :func:`~pipelines.core.engine.prepare`: ``guards.*`` and
+    ``chunking.max_audio_duration_s``."""
+    g = cfg.guards
+    return InputLimits(max_duration_s=cfg.chunking.max_audio_duration_s, min_sample_rate_hz=g.min_sample_rate_hz,
+                       max_sample_rate_hz=g.max_sample_rate_hz, max_channels=g.max_channels)
+
+
+def provenance(cfg: JobConfig, run_id: str) -> Provenance:
+    """What the job's rows name as their producer: the model, its compute type, the config fingerprint
+    (model, decoding, chunking) and the run id."""
+    return Provenance(cfg.model.name, cfg.model.compute_type,
+                      config_fingerprint(cfg.model, cfg.decoding, cfg.chunking), run_id)
 
 
 class DecodeChunkStage:
-    """Decode each file to 16 kHz mono float32 and cut it into VAD chunks of at most ``chunking.max_chunk_s``.
+    """Read each file, decode it to 16 kHz mono float32 with the input guards and cut it into VAD chunks of at most
+    ``chunking.max_chunk_s`` (:func:`~pipelines.core.engine.prepare`).
 
     ``__call__`` takes a batch of manifest rows (pyarrow Table or list of dicts with the :data:`MANIFEST_FIELDS`)
     and returns a :data:`CHUNKED_SCHEMA` table with one row per input row. A file that cannot be read or decoded
     gets ``error_type``/``error_message`` and no chunks.
 
-    ``storage`` is how inputs are read (fsspec options per protocol, retries); the job resolves it once in the
-    driver. None: resolved here from ``cfg.storage`` and this process's environment.
+    ``storage`` is how inputs are read (fsspec options per protocol, retries, ``guards.max_file_bytes`` before
+    reading); the job resolves it once in the driver. None: resolved here from ``cfg.storage`` and this process's
+    environment.
     """
 
     def __init__(self, cfg: JobConfig, storage: Optional[Storage] = None):
         self.cfg = cfg
         self.storage = storage or resolve_storage(cfg.storage)
-        g = cfg.guards
-        self.limits = SourceLimits(g.min_sample_rate_hz, g.max_sample_rate_hz, g.max_channels)
+        self.limits = input_limits(cfg)
 
     def process(self, row: dict) -> dict:
-        """Decode and chunk one manifest row (see the class doc); never raises for a bad file. A row with an
+        """Read, decode and chunk one manifest row (see the class doc); never raises for a bad file. A row with an
         ``error`` from the manifest (:class:`~pipelines.io.manifest.ManifestRow`) becomes its error row unread."""
         out = {name: row.get(name) for name, _ in MANIFEST_FIELDS}
-        ck = self.cfg.chunking
         t0 = time.perf_counter()
         try:
             if row.get("error"):  # found while reading the manifest (a name that is not UTF-8): never read
                 raise InputNameError(row["error"])
             data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
             out["sha256"] = data.sha256
-            audio = decode_audio(data.content, ck.sample_rate, ck.max_audio_duration_s, name=row["audio_filepath"],
-                                 limits=self.limits)
+            prepared = prepare(data.content, file_spec(row), self.cfg.chunking, self.limits)
         except AudioDecodeError as exc:
             out.update(error_type=type(exc).__name__, error_message=str(exc), decode_s=time.perf_counter() - t0)
             return out
@@ -115,128 +143,52 @@ class DecodeChunkStage:
             out.update(error_type=type(exc).__name__, error_message=f"{row['audio_filepath']}: {exc}",
                        decode_s=time.perf_counter() - t0)
             return out
-        t1 = time.perf_counter()
-        spans = chunk_audio(audio.samples, ck)
-        out.update(
-            duration_s=audio.duration_s,
-            source_sample_rate=audio.source_sample_rate,
-            source_channels=audio.source_channels,
-            decode_s=t1 - t0,
-            vad_s=time.perf_counter() - t1,
-            chunk_offsets_s=[s.offset_s for s in spans],
-            chunk_samples=[slice_chunk(audio.samples, s, ck.sample_rate).astype("<f4").tobytes() for s in spans],
-        )
+        out.update(to_chunked_row(prepared))
         return out
 
     def __call__(self, batch) -> pa.Table:
-        rows = [self.process(row) for row in _rows(batch)]
-        return pa.Table.from_pylist(rows, schema=CHUNKED_SCHEMA)
+        return pa.Table.from_pylist([self.process(row) for row in _rows(batch)], schema=CHUNKED_SCHEMA)
 
 
 class TranscribeStage:
-    """Transcribe a batch of chunked files with one :class:`Transcriber` (loaded once per actor).
+    """Transcribe a batch of chunked files with one :class:`~pipelines.core.engine.Engine` (its model loaded once
+    per actor).
 
     ``__call__`` takes a :data:`CHUNKED_SCHEMA` batch and returns a ``TRANSCRIPT_SCHEMA`` table with one row per
     input row. All chunks of the batch go to the model together; if that fails, each file is retried alone
-    (``transcribe.max_retries_per_file`` times) so one bad file becomes one error row.
+    (``transcribe.max_retries_per_file`` more times) so one bad file becomes one error row.
+
+    ``transcriber``: an already loaded model (tests); None loads ``cfg.model``.
     """
 
     def __init__(self, cfg: JobConfig, run_id: str, transcriber: Optional[Transcriber] = None):
         self.cfg = cfg
-        self.run_id = run_id
-        self.fingerprint = config_fingerprint(cfg.model, cfg.decoding, cfg.chunking)
-        self.transcriber = transcriber or Transcriber(cfg.model, cfg.decoding)
+        self.engine = Engine(cfg.model, cfg.decoding, transcriber)
+        self.provenance = provenance(cfg, run_id)
 
     @staticmethod
-    def chunks_of(row: dict) -> list[Chunk]:
-        """The :class:`Chunk` objects of one chunked row."""
-        return [
-            Chunk(
-                key=row["id"],
-                index=i,
-                offset_s=float(offset),
-                samples=np.frombuffer(blob, dtype="<f4"),
-                language=row.get("language"),
-                prompt=row.get("prompt"),
-                pack_group=posixpath.dirname(row["audio_filepath"]),
-            )
-            for i, (offset, blob) in enumerate(zip(row.get("chunk_offsets_s") or [], row.get("chunk_samples") or []))
-        ]
-
-    def _transcribe(self, rows: list[dict]) -> tuple[dict[str, Transcript], float]:
-        chunks = [c for row in rows for c in self.chunks_of(row)]
-        t0 = time.perf_counter()
-        results = self.transcriber.transcribe_chunks(chunks)
-        elapsed = time.perf_counter() - t0
-        return stitch(results, {row["id"]: row["duration_s"] for row in rows}), elapsed
+    def source_of(row: dict) -> Source:
+        """The manifest facts of a chunked row that its output row carries."""
+        return Source(row["id"], row["audio_filepath"], row.get("sha256"), row.get("reference"), row.get("language"),
+                      row.get("prompt"))
 
     def __call__(self, batch) -> pa.Table:
         rows = _rows(batch)
         good = [r for r in rows if not r.get("error_type")]
-        transcripts: dict[str, Transcript] = {}
-        seconds: dict[str, float] = {}
-        errors: dict[str, tuple[str, str, int]] = {}
-        try:
-            done, elapsed = self._transcribe(good)
-            transcripts.update(done)
-            total = sum(r["duration_s"] for r in good) or 1.0
-            seconds.update({r["id"]: elapsed * r["duration_s"] / total for r in good})
-        except Exception:  # noqa: BLE001 - isolate the failing file(s) below
-            log.warning("batch of %d files failed; retrying each file alone", len(good), exc_info=True)
-            for row in good:
-                failure = None
-                for attempt in range(1, self.cfg.transcribe.max_retries_per_file + 2):
-                    try:
-                        done, elapsed = self._transcribe([row])
-                    except Exception as exc:  # noqa: BLE001
-                        failure = (type(exc).__name__, f"{row['audio_filepath']}: {exc}", attempt)
-                        continue
-                    transcripts.update(done)
-                    seconds[row["id"]] = elapsed
-                    failure = None
-                    break
-                if failure:
-                    errors[row["id"]] = failure
-        return rows_to_table([self.output_row(r, transcripts.get(r["id"]), seconds.get(r["id"]), errors.get(r["id"]))
-                              for r in rows])
-
-    def output_row(self, row: dict, transcript: Optional[Transcript], transcribe_s: Optional[float],
-                   error: Optional[tuple[str, str, int]]) -> dict:
-        """One ``TRANSCRIPT_SCHEMA`` row for a chunked row and its transcript (or error)."""
-        out = {
-            "id": row["id"],
-            "audio_filepath": row["audio_filepath"],
-            "sha256": row.get("sha256"),
-            "duration_s": row.get("duration_s"),
-            "reference": row.get("reference"),
-            "source_sample_rate": row.get("source_sample_rate"),
-            "source_channels": row.get("source_channels"),
-            "num_chunks": len(row.get("chunk_offsets_s") or []),
-            "model": self.cfg.model.name,
-            "compute_type": self.cfg.model.compute_type,
-            "config_fingerprint": row_fingerprint(self.fingerprint, row.get("language"), row.get("prompt")),
-            "run_id": self.run_id,
-            "schema_version": SCHEMA_VERSION,
-            "decode_s": row.get("decode_s"),
-            "vad_s": row.get("vad_s"),
-            "transcribe_s": transcribe_s,
-            "attempts": 1,
-            "created_at": dt.datetime.now(dt.timezone.utc),
-            "segments": [],
-        }
-        if row.get("error_type") or error or transcript is None:
-            etype, emsg, attempts = (row.get("error_type"), row.get("error_message"), 1) if row.get("error_type") \
-                else (error or ("TranscriptionError", f"{row['audio_filepath']}: no transcript produced", 1))
-            out.update(status=STATUS_ERROR, error_type=etype, error_message=emsg, attempts=attempts)
-            return out
-        out.update(
-            status=transcript.status,
-            text=transcript.text,
-            language=transcript.language,
-            language_probability=transcript.language_probability,
-            segments=[seg.to_dict() for seg in transcript.segments],
-        )
-        return out
+        files = [from_chunked_row(r) for r in good]
+        outcomes = self.engine.transcribe_isolated(files, retries=self.cfg.transcribe.max_retries_per_file) \
+            if files else []
+        results = iter(zip(files, outcomes))
+        out = []
+        for row in rows:
+            source = self.source_of(row)
+            if row.get("error_type"):  # the decode stage's error: the file never reaches the model
+                out.append(TranscriptRow.failed(source, Failure(row["error_type"], row["error_message"]),
+                                                self.provenance, decode_s=row.get("decode_s"),
+                                                vad_s=row.get("vad_s")))
+            else:
+                out.append(TranscriptRow.transcribed(source, *next(results), self.provenance))
+        return rows_to_table(out)
 
 
 #: Output of the hash stage: one row per manifest row; ``sha256`` is null where the file cannot be read (the

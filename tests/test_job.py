@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.core.schema import SCHEMA_VERSION, TRANSCRIPT_SCHEMA
 from pipelines.core.wer import word_error_rate
-from pipelines.transcribe import run_job
+from pipelines.job.run import run_job
 from tests.conftest import JFK_PHRASE, ROOT, corpus_rows
 from tests.helpers import write_audio
 

@@ -10,7 +10,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from pipelines.core.schema import rows_to_table
+from pipelines.core.rows import rows_to_table
 from pipelines.io.output import PartWriter
 from tests.bench_store import RUNS, build_store
 from tests.conftest import ROOT

@@ -22,12 +22,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import config_fingerprint, load_config, row_fingerprint
-from pipelines.core.schema import rows_to_table
+from pipelines.core.rows import Source, TranscriptRow, rows_to_table
 from pipelines.io.manifest import ManifestRow
 from pipelines.io.output import OutputFolder, PartWriter
-from pipelines.io.resume import DoneRow, copy_row, load_index, plan_run
+from pipelines.io.resume import DoneRow, load_index, plan_run
 from pipelines.stages import TranscribeStage
-from pipelines.transcribe import main, run_job
+from pipelines.job.run import run_job
+from pipelines.transcribe import main
 from tests.conftest import JFK, JFK_PHRASE, ROOT, corpus_rows
 
 FP = "f" * 16
@@ -106,14 +107,18 @@ def test_plan_one_row_per_id_and_manifest_changes():
     assert not plan.transcribe and {c.row.id for c in plan.copies} == {"b", "c"}  # re-labelled, not redone
 
 
-def test_copy_row_points_at_the_transcribed_row():
+def test_a_copy_points_at_the_transcribed_row():
     source = {"id": "a", "audio_filepath": "a.wav", "status": "error", "error_type": "AudioDecodeError",
               "error_message": "a.wav: truncated", "duplicate_of": None, "transcribe_s": 3.0}
-    out = copy_row(source, _mrow("b", reference="ref"), "r2")
+
+    def copy(row, target):
+        return TranscriptRow.copy_of(row, Source(target.id, target.audio_filepath, reference=target.reference),
+                                     "r2").to_dict()
+    out = copy(source, _mrow("b", reference="ref"))
     assert out["duplicate_of"] == "a" and out["error_message"] == "b.wav: truncated"
     assert out["run_id"] == "r2" and out["transcribe_s"] == 0.0 and out["reference"] == "ref"
-    assert copy_row(source | {"duplicate_of": "z"}, _mrow("b"), "r2")["duplicate_of"] == "z"
-    assert copy_row(source, _mrow("a", path="moved.wav"), "r2")["duplicate_of"] is None
+    assert copy(source | {"duplicate_of": "z"}, _mrow("b"))["duplicate_of"] == "z"
+    assert copy(source, _mrow("a", path="moved.wav"))["duplicate_of"] is None
 
 
 def test_take_out_replaces_parts_whole_and_keeps_the_rows_aside(tmp_path):

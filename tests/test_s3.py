@@ -29,7 +29,7 @@ import yaml
 
 from pipelines.config import JobConfig, ServeURLInputConfig, StorageConfig, config_fingerprint, load_config
 from pipelines.core.errors import AudioDecodeError, ConfigError, ManifestError, StorageError
-from pipelines.core.schema import rows_to_table
+from pipelines.core.rows import rows_to_table
 from pipelines.io.manifest import read_manifest
 from pipelines.io.output import PartWriter
 from pipelines.io.storage import resolve_storage
@@ -398,8 +398,13 @@ def test_job_recovers_from_an_outage_mid_run(s3):
         took_s = time.monotonic() - t0
         assert res.returncode == 0, res.stderr[-4000:]
         assert proxy.fired.is_set() and proxy.resets >= 2, (proxy.resets, res.stderr[-3000:])
-    retries = [line for line in res.stderr.splitlines() if "failed (" in line and "retrying in" in line]
-    assert retries, res.stderr[-3000:]  # the decode actor's tenacity log, forwarded by Ray
+    # the decode actor's tenacity log: in the worker logs, in the Ray log folder the summary names (--verbose would
+    # forward them to the console)
+    logs = re.search(r"^Ray's logs: (\S+)", res.stdout, re.M)
+    assert logs, res.stdout
+    workers = "\n".join(p.read_text(errors="replace") for p in Path(logs.group(1)).parent.glob("worker-*"))
+    retries = [line for line in workers.splitlines() if "failed (" in line and "retrying in" in line]
+    assert retries, res.stderr[-3000:]
     assert "4 files: 2 ok, 0 empty, 2 error" in res.stdout, res.stdout
     df = pd.read_parquet("s3://transcripts/fault/", storage_options=s3.storage_options).set_index("id")
     assert len(df) == 4 and (df.loc[list(CLIPS[1:]), "status"] == "ok").all()
@@ -407,7 +412,7 @@ def test_job_recovers_from_an_outage_mid_run(s3):
     assert "no such file (not found" in df.loc["missing", "error_message"]
     assert "s3://corpus/dev/missing/nothing.flac" in df.loc["missing", "error_message"]
     assert "The specified bucket does not exist" in df.loc["no-bucket", "error_message"]
-    assert SECRET not in res.stdout + res.stderr
+    assert SECRET not in res.stdout + res.stderr + workers
     print(f"outage run: {took_s:.1f} s, {proxy.resets} connections reset, {len(retries)} retry log lines:\n"
           + "\n".join(retries[:4]))
 

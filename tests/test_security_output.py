@@ -23,7 +23,7 @@ import pytest
 
 from pipelines.config import config_fingerprint, load_config, row_fingerprint
 from pipelines.core.errors import ManifestError, OutputLockedError, StorageError
-from pipelines.core.schema import rows_to_table
+from pipelines.core.rows import rows_to_table
 from pipelines.io.lock import LOCK_FILE, OutputLock
 from pipelines.io.manifest import read_manifest
 from pipelines.io.output import PART_RE, OutputFolder, PartWriter
@@ -273,16 +273,16 @@ def test_take_out_refuses_a_part_that_changed_since_it_was_indexed(tmp_path):
 def ray_free_job(monkeypatch, tmp_path):
     """A manifest of ids a, b and an output folder holding a's row, with the job's Ray steps replaced: no Ray
     starts, hashes are given, nothing is transcribed (rows sent to transcription vanish)."""
-    import pipelines.transcribe as job
+    import pipelines.job.run as job
 
     cfg = load_config(CONFIG)
     fingerprint = row_fingerprint(config_fingerprint(cfg.model, cfg.decoding, cfg.chunking), None, None)
     manifest = _write_manifest(tmp_path / "m.jsonl", [{"path": "a.wav", "id": "a"}, {"path": "b.wav", "id": "b"}])
     out = tmp_path / "out"
-    monkeypatch.setattr(job, "init_ray", lambda cfg: None)
+    monkeypatch.setattr(job, "init_ray", lambda cfg, quiet=None: None)
     monkeypatch.setattr(job, "check_gpu", lambda cfg: None)
     monkeypatch.setattr(job, "hash_rows", lambda cfg, rows, storage=None: ({"a": "sha-a", "b": "sha-b"}, set()))
-    monkeypatch.setattr(job, "_transcribe", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(job, "transcribe_rows", lambda *args, **kwargs: 0)
     now = dt.datetime.now(dt.timezone.utc)
 
     def row(rid, minutes=0):

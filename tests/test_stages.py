@@ -58,14 +58,14 @@ def test_transcribe_stage_rows(tmp_path, job_config, stage):
 def test_a_file_that_breaks_the_model_is_isolated(job_config, stage, monkeypatch):
     """If the pooled batch fails, each file is retried alone and only the culprit becomes an error row."""
     rows = DecodeChunkStage(job_config)([_row("jfk", JFK), _row("jfk2", JFK)])
-    real = stage.transcriber.transcribe_chunks
+    real = stage.engine.transcriber.transcribe_chunks
 
     def flaky(chunks, decoding=None):
         if any(c.key == "jfk2" for c in chunks):
             raise RuntimeError("simulated CUDA error")
         return real(chunks, decoding)
 
-    monkeypatch.setattr(stage.transcriber, "transcribe_chunks", flaky)
+    monkeypatch.setattr(stage.engine.transcriber, "transcribe_chunks", flaky)
     out = {r["id"]: r for r in stage(rows).to_pylist()}
     assert out["jfk"]["status"] == "ok"
     assert out["jfk2"]["status"] == "error" and "simulated CUDA error" in out["jfk2"]["error_message"]

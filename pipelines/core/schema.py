@@ -125,19 +125,3 @@ TRANSCRIPT_SCHEMA = pa.schema(
     ],
     metadata={"raywhisper.schema_version": SCHEMA_VERSION},
 )
-
-
-def empty_row() -> dict:
-    """A row dict with every schema field set to None (callers fill what they know)."""
-    return {name: None for name in TRANSCRIPT_SCHEMA.names}
-
-
-def rows_to_table(rows: list[dict]) -> pa.Table:
-    """Build a table in :data:`TRANSCRIPT_SCHEMA` from row dicts (missing keys become null).
-
-    Raises:
-        pyarrow.ArrowInvalid / ArrowTypeError: a value does not fit its field's type.
-    """
-    columns = {name: [row.get(name) for row in rows] for name in TRANSCRIPT_SCHEMA.names}
-    return pa.Table.from_pydict(columns, schema=TRANSCRIPT_SCHEMA)
-

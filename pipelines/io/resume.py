@@ -1,6 +1,6 @@
 """What a run has left to do in an output folder, keyed by content hash and config fingerprint.
 
-A run (see ``pipelines/transcribe.py``) reads the key columns of the rows already in the folder
+A run (see :mod:`pipelines.job.run`) reads the key columns of the rows already in the folder
 (:func:`load_index`), hashes every manifest row's file, then :func:`plan_run` sorts each manifest row into one of:
 
 - **keep**: the folder has a row for this id with the same ``sha256``, the same fingerprint
@@ -25,7 +25,7 @@ from typing import Mapping, Optional, Sequence
 
 from pipelines.core.options import row_fingerprint
 from pipelines.core.errors import StorageError
-from pipelines.core.schema import SCHEMA_VERSION, STATUS_EMPTY, STATUS_ERROR, STATUS_OK
+from pipelines.core.schema import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from pipelines.io.manifest import ManifestRow
 from pipelines.io.output import OutputFolder
 
@@ -192,23 +192,6 @@ def plan_run(rows: Sequence[ManifestRow], hashes: Mapping[str, Optional[str]], d
                 primaries[key] = row.id
             plan.transcribe.append(row)
     return plan
-
-
-def copy_row(source: dict, row: ManifestRow, run_id: str) -> dict:
-    """A ``TRANSCRIPT_SCHEMA`` row for ``row`` holding the transcript of ``source`` (a row dict with the same
-    audio and fingerprint): ``duplicate_of`` names the row the transcript was made for, timings are 0 (no work
-    was done for this row), an error message names this row's file."""
-    out = dict(source)
-    origin = source.get("duplicate_of") or source["id"]
-    out.update(
-        id=row.id, audio_filepath=row.audio_filepath, reference=row.reference,
-        duplicate_of=None if origin == row.id else origin, run_id=run_id, schema_version=SCHEMA_VERSION,
-        created_at=dt.datetime.now(dt.timezone.utc), decode_s=0.0, vad_s=0.0, transcribe_s=0.0,
-    )
-    message, path = source.get("error_message"), source.get("audio_filepath")
-    if message and path and message.startswith(f"{path}:"):
-        out["error_message"] = row.audio_filepath + message[len(path):]
-    return out
 
 
 @dataclass(frozen=True)
