@@ -226,7 +226,8 @@ def test_gpu_job_without_cuda_fails_fast_under_job_submit(ray_cluster, clips_man
     assert "exit code 2" in res.stdout
     assert "sees no CUDA device" in res.stdout and "would run on the CPU" in res.stdout, res.stdout[-4000:]
     assert "ray.get_gpu_ids()=['0']" in res.stdout  # Ray did give the probe the (fake) GPU
-    assert not out.exists() or not any(out.iterdir())  # stopped before any work: no output written
+    # stopped before any work: nothing written (the output lock, taken before Ray starts, is released again)
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
     assert took_s < 90
 
 
@@ -250,7 +251,7 @@ def test_gpu_config_run_directly_without_gpus_fails_fast(tmp_path, clips_manifes
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-4000:]
     assert "error: transcribe.num_gpus=1 per transcription actor, but the Ray cluster has 0 GPU(s)" in res.stderr
     assert "configs/local.yaml" in res.stderr
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())  # lock released
 
 
 # --------------------------------------------------------------------------------------------- cluster.yaml
