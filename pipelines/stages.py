@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipelines.config import JobConfig, config_fingerprint, row_fingerprint
 from pipelines.core.audio import SourceLimits, decode_audio
 from pipelines.core.chunking import chunk_audio, slice_chunk
-from pipelines.core.errors import AudioDecodeError, InputNameError
+from pipelines.core.errors import AudioDecodeError, InputNameError, SourceReadError, input_error
 from pipelines.core.schema import (
     SCHEMA_VERSION,
     STATUS_ERROR,
@@ -103,7 +103,10 @@ class DecodeChunkStage:
         try:
             if row.get("error"):  # found while reading the manifest (a name that is not UTF-8): never read
                 raise InputNameError(row["error"])
-            data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
+            try:
+                data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
+            except SourceReadError as exc:  # the row names it as users know it (AudioDecodeError/AudioLimitError)
+                raise input_error(exc) from exc
             out["sha256"] = data.sha256
             audio = decode_audio(data.content, ck.sample_rate, ck.max_audio_duration_s, name=row["audio_filepath"],
                                  limits=self.limits)

@@ -42,7 +42,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.core.errors import OutputLockedError, StorageError
-from pipelines.io.storage import RetryPolicy
+from pipelines.io.retry import RetryPolicy
 
 log = logging.getLogger("raywhisper")
 
