@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from pipelines.config import JobConfig, config_fingerprint
 from pipelines.core.engine import Engine, Failure, FileSpec, InputLimits, PreparedFile, prepare
-from pipelines.core.errors import AudioDecodeError, InputNameError
+from pipelines.core.errors import AudioDecodeError, InputNameError, SourceReadError, input_error
 from pipelines.core.rows import Provenance, Source, TranscriptRow, rows_to_table
 from pipelines.core.transcriber import Transcriber
 from pipelines.io.storage import Storage, is_transient, resolve_storage
@@ -132,7 +132,10 @@ class DecodeChunkStage:
         try:
             if row.get("error"):  # found while reading the manifest (a name that is not UTF-8): never read
                 raise InputNameError(row["error"])
-            data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
+            try:
+                data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
+            except SourceReadError as exc:  # the row names it as users know it (AudioDecodeError/AudioLimitError)
+                raise input_error(exc) from exc
             out["sha256"] = data.sha256
             prepared = prepare(data.content, file_spec(row), self.cfg.chunking, self.limits)
         except AudioDecodeError as exc:

@@ -28,7 +28,7 @@ import os
 import posixpath
 
 from pipelines.config import ServeURLInputConfig
-from pipelines.core.errors import AudioLimitError
+from pipelines.core.errors import SourceTooLargeError
 from pipelines.io.storage import Storage, is_transient
 from serve_app.schemas import APIError
 
@@ -122,9 +122,9 @@ def read_url(url: str, cfg: ServeURLInputConfig, storage: Storage, max_bytes: in
                          code="file_too_large", param="url")
     try:
         data = storage.read(location, max_bytes).content  # the job's read: size check first, then a capped read
-    except AudioLimitError as exc:
+    except SourceTooLargeError as exc:
         raise too_large from exc
-    except Exception as exc:  # noqa: BLE001 - AudioDecodeError chaining the storage error
+    except Exception as exc:  # noqa: BLE001 - SourceReadError chaining the storage error
         if exc.__cause__ is None and "empty" in str(exc):
             raise APIError(400, f"{url!r} is empty (0 bytes)", code="empty_file", param="url") from exc
         raise _storage_error(exc, url, storage.retry.max_backoff_s) from exc

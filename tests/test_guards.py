@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 
 from pipelines.core.audio import decode_audio
-from pipelines.core.errors import AudioDecodeError, AudioLimitError, AudioTooLongError
-from pipelines.io.storage import hash_source, read_audio_bytes
+from pipelines.core.errors import (AudioDecodeError, AudioLimitError, AudioTooLongError, SourceReadError,
+                                   SourceTooLargeError, input_error)
+from pipelines.io.reading import hash_source, read_source
 from pipelines.transcribe import main
 from tests.conftest import JFK, JFK_PHRASE, ROOT
 from tests.helpers import read_clip, write_audio
@@ -195,11 +196,30 @@ def test_a_stream_without_a_duration_stops_decoding_at_the_limit():
 def test_a_file_above_the_size_limit_is_refused_before_reading(tmp_path):
     big = tmp_path / "big.wav"
     big.write_bytes(b"\0" * 5000)
-    with pytest.raises(AudioLimitError, match="guards.max_file_bytes"):
-        read_audio_bytes(str(big), max_bytes=4096)
-    with pytest.raises(AudioLimitError, match="guards.max_file_bytes"):
+    with pytest.raises(SourceTooLargeError, match="guards.max_file_bytes"):
+        read_source(str(big), max_bytes=4096)
+    with pytest.raises(SourceTooLargeError, match="guards.max_file_bytes"):
         hash_source(str(big), max_bytes=4096)
-    assert len(read_audio_bytes(str(big), max_bytes=5000).content) == 5000
+    assert len(read_source(str(big), max_bytes=5000).content) == 5000
+
+
+def test_storage_refusals_keep_the_error_types_users_see(tmp_path, job_config):
+    """Storage raises its own errors (it knows nothing of audio); an error row still names them as it always has:
+    AudioLimitError above guards.max_file_bytes, AudioDecodeError for a missing or empty file."""
+    from pipelines.stages import DecodeChunkStage
+
+    too_large = SourceTooLargeError("x.wav: above the limit")
+    assert isinstance(input_error(too_large), AudioLimitError) and str(input_error(too_large)) == str(too_large)
+    assert type(input_error(SourceReadError("x.wav: no such file"))) is AudioDecodeError
+    (tmp_path / "big.wav").write_bytes(b"\0" * 5000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    rows = [{"id": name, "audio_filepath": f"{name}.wav", "uri": str(tmp_path / f"{name}.wav"), "language": None,
+             "prompt": None, "reference": None, "line": 1} for name in ("big", "empty", "missing")]
+    cfg = job_config.model_copy(update={"guards": job_config.guards.model_copy(update={"max_file_bytes": 4096})})
+    out = {r["id"]: r for r in DecodeChunkStage(cfg)(rows).to_pylist()}
+    assert out["big"]["error_type"] == "AudioLimitError" and "guards.max_file_bytes" in out["big"]["error_message"]
+    assert out["empty"]["error_type"] == "AudioDecodeError" and "empty" in out["empty"]["error_message"]
+    assert out["missing"]["error_type"] == "AudioDecodeError" and "no such file" in out["missing"]["error_message"]
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):
@@ -208,10 +228,10 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
     errors = []
 
     def read_both():
-        for reader in (read_audio_bytes, hash_source):
+        for reader in (read_source, hash_source):
             try:
                 reader(str(fifo))
-            except AudioDecodeError as exc:
+            except SourceReadError as exc:
                 errors.append(str(exc))
 
     worker = threading.Thread(target=read_both, daemon=True)

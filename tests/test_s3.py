@@ -28,7 +28,7 @@ import requests
 import yaml
 
 from pipelines.config import JobConfig, ServeURLInputConfig, StorageConfig, config_fingerprint, load_config
-from pipelines.core.errors import AudioDecodeError, ConfigError, ManifestError, StorageError
+from pipelines.core.errors import ConfigError, ManifestError, SourceReadError, StorageError
 from pipelines.core.rows import rows_to_table
 from pipelines.io.manifest import read_manifest
 from pipelines.io.output import PartWriter
@@ -139,10 +139,13 @@ def run_cli(s3: S3, *args: str, timeout: int = 420) -> subprocess.CompletedProce
 # ------------------------------------------------------------------------------------- settings, no server
 def test_endpoint_from_config_or_environment_read_at_run_time():
     env = {"AWS_ENDPOINT_URL": "http://generic:1", "AWS_ENDPOINT_URL_S3": "http://s3-specific:2"}
-    assert resolve_storage(StorageConfig(), env).endpoint() == "http://s3-specific:2"
-    assert resolve_storage(StorageConfig(), {"AWS_ENDPOINT_URL": "http://generic:1"}).endpoint() == "http://generic:1"
-    assert resolve_storage(StorageConfig(endpoint_url="http://cfg:3"), env).endpoint() == "http://cfg:3"
-    assert resolve_storage(StorageConfig(), dict(env, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS="true")).endpoint() is None
+    def endpoint(cfg, environ):
+        return resolve_storage(cfg, environ).options_for("s3://bucket/key").get("endpoint_url")
+
+    assert endpoint(StorageConfig(), env) == "http://s3-specific:2"
+    assert endpoint(StorageConfig(), {"AWS_ENDPOINT_URL": "http://generic:1"}) == "http://generic:1"
+    assert endpoint(StorageConfig(endpoint_url="http://cfg:3"), env) == "http://cfg:3"
+    assert endpoint(StorageConfig(), dict(env, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS="true")) is None
     storage = resolve_storage(StorageConfig(region="eu-west-1", anon=True, config_kwargs={"connect_timeout": 5},
                                             options={"s3": {"requester_pays": True}}), {})
     s3 = storage.options_for("s3://b/k")
@@ -244,7 +247,7 @@ def test_reads_retry_transient_errors_and_fail_fast_on_missing_or_denied(aws_env
         assert proxy.throttled == 3
     with FlakyProxy(s3.port) as proxy:  # no retries: the outage is the answer
         proxy.outage(5.0)
-        with pytest.raises(AudioDecodeError, match=r"storage unavailable after 1 tries"):
+        with pytest.raises(SourceReadError, match=r"storage unavailable after 1 tries"):
             storage_via(proxy.url, attempts=1, client_max_attempts=1).read(uri)
     with FlakyProxy(s3.port) as proxy:  # missing object / missing bucket / access denied: one try, no retry
         storage = storage_via(proxy.url)
@@ -254,7 +257,7 @@ def test_reads_retry_transient_errors_and_fail_fast_on_missing_or_denied(aws_env
                   r"permission denied \(access denied")]
         for store, missing, reason in cases:
             before, t0 = proxy.requests, time.monotonic()
-            with pytest.raises(AudioDecodeError, match=reason):
+            with pytest.raises(SourceReadError, match=reason):
                 store.read(missing)
             assert proxy.requests - before <= 2 and time.monotonic() - t0 < 1.0  # s3fs's HEAD (+ LIST), once
 
@@ -262,7 +265,7 @@ def test_reads_retry_transient_errors_and_fail_fast_on_missing_or_denied(aws_env
 def test_size_guard_and_hash_pass_on_s3(aws_env):
     """guards.max_file_bytes on an object: refused from its size (a HEAD), no GET ever sent; the hash pass reads
     the object in blocks through the same options and retries, and gives the decode read's SHA-256."""
-    from pipelines.core.errors import AudioLimitError
+    from pipelines.core.errors import SourceTooLargeError
 
     s3 = aws_env
     uri = f"s3://corpus/dev/{CLIPS[1]}"
@@ -271,7 +274,7 @@ def test_size_guard_and_hash_pass_on_s3(aws_env):
     with FlakyProxy(s3.port, trigger=rb"GET /corpus/dev/ljspeech/", outage_s=1.0) as proxy:
         storage = storage_via(proxy.url)
         for read in (storage.read, storage.hash):
-            with pytest.raises(AudioLimitError, match=r"above the limit of .*guards\.max_file_bytes"):
+            with pytest.raises(SourceTooLargeError, match=r"above the limit of .*guards\.max_file_bytes"):
                 read(uri, size - 1)
         assert not proxy.fired.is_set()  # refused without reading
     with FlakyProxy(s3.port) as proxy:  # throttled, then through: retried
@@ -279,7 +282,7 @@ def test_size_guard_and_hash_pass_on_s3(aws_env):
         proxy.throttle(3)
         assert storage.hash(uri, size) == expected == storage.read(uri, size).sha256
         assert proxy.throttled == 3
-        with pytest.raises(AudioDecodeError, match=r"no-such\.flac: no such file \(not found\)$"):
+        with pytest.raises(SourceReadError, match=r"no-such\.flac: no such file \(not found\)$"):
             storage.hash("s3://corpus/dev/no-such.flac")
 
 

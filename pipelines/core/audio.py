@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Iterator, Union
 
 import av
@@ -130,6 +130,10 @@ def check_wav_header(header: bytes, total_size: int, label: str) -> None:
         pos += 8 + size + (size & 1)
 
 
+def _label(source: AudioSource, name: str | None) -> str:
+    return name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
+
+
 def _unsupported(label: str, why: str) -> str:
     return f"{label}: {UNSUPPORTED_FORMAT} (not a readable audio/video file: {why})"
 
@@ -148,7 +152,7 @@ def open_audio(source: AudioSource, name: str | None = None) -> Iterator[av.cont
         AudioDecodeError: "not a supported audio format" for a demuxer off the list or bytes FFmpeg cannot read;
             "permission denied" for a path that cannot be opened for reading.
     """
-    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
+    label = _label(source, name)
     with contextlib.ExitStack() as stack:
         if isinstance(source, (bytes, bytearray, memoryview)):
             source = io.BytesIO(source)
@@ -173,6 +177,143 @@ def open_audio(source: AudioSource, name: str | None = None) -> Iterator[av.cont
             if not set(demuxer.split(",")) & ACCEPTED_DEMUXERS:  # the whitelist again, should FFmpeg not apply it
                 raise AudioDecodeError(_unsupported(label, f"the {demuxer} format is not accepted"))
             yield container
+
+
+def _check_input(source: AudioSource, label: str) -> None:
+    """Refuse, before FFmpeg sees it, empty bytes, a local path that is a directory, missing or empty, and a wav
+    whose header claims more data than the file holds (:func:`check_wav_header`).
+
+    Raises:
+        AudioDecodeError: naming the problem.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
+        check_wav_header(bytes(source[:65536]), len(source), label)
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            raise AudioDecodeError(f"{label}: is a directory, not an audio file")
+        if not os.path.exists(path):
+            raise AudioDecodeError(f"{label}: no such file")
+        if os.path.getsize(path) == 0:
+            raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
+        try:
+            with open(path, "rb") as f:
+                check_wav_header(f.read(65536), os.path.getsize(path), label)
+        except PermissionError as exc:
+            raise AudioDecodeError(f"{label}: permission denied") from exc
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """One decode's settings and what the header said: the input's ``label`` for messages, the output
+    ``sample_rate`` (Hz), the guards (``limits``, ``max_duration_s`` from ``duration_field``) and the container's
+    declared duration (s; None: not declared)."""
+
+    label: str
+    sample_rate: int
+    limits: SourceLimits | None
+    max_duration_s: float | None
+    duration_field: str
+    declared_s: float | None = None
+
+    def truncated(self, done_s: float) -> bool:
+        """Whether ``done_s`` seconds fall short of the declared duration by more than the tolerance."""
+        d = self.declared_s
+        return d is not None and d - done_s > max(TRUNCATION_MIN_S, TRUNCATION_TOLERANCE * d)
+
+
+def _audio_stream(container: av.container.InputContainer,
+                  plan: _Decoding) -> tuple[av.audio.stream.AudioStream, int, int, _Decoding]:
+    """The first audio stream with its sample rate (Hz) and channel count, after the header's checks: stream
+    limits and declared duration. The returned settings carry the declared duration.
+
+    Raises:
+        AudioDecodeError: no audio stream. AudioLimitError, AudioTooLongError: a guard refuses it.
+    """
+    label = plan.label
+    if not container.streams.audio:
+        raise AudioDecodeError(f"{label}: the file has no audio stream")
+    stream = container.streams.audio[0]
+    source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+    source_channels = int(stream.codec_context.channels or 0)
+    check_source_limits(label, source_rate, source_channels, plan.limits)
+    declared_s = _declared_duration_s(container, stream)
+    limit_s = plan.max_duration_s
+    if limit_s is not None and declared_s is not None and declared_s > limit_s:
+        raise AudioTooLongError(
+            f"{label}: {format_duration(declared_s)} long, above the limit of {format_duration(limit_s)} "
+            f"({plan.duration_field})"
+        )
+    return stream, source_rate, source_channels, replace(plan, declared_s=declared_s)
+
+
+def _decode_pieces(container: av.container.InputContainer, stream: av.audio.stream.AudioStream,
+                   plan: _Decoding) -> list[np.ndarray]:
+    """Decode and resample ``stream`` to float32 mono at ``plan.sample_rate``, in pieces; stops once the output
+    passes ``plan.max_duration_s`` by a second.
+
+    Raises:
+        AudioTooLongError: it decodes to more than ``max_duration_s``.
+        AudioLimitError: the first decoded frame is outside the stream limits.
+        AudioDecodeError: FFmpeg failed (truncated or corrupt, when short of the declared duration).
+    """
+    label, sample_rate, max_duration_s = plan.label, plan.sample_rate, plan.max_duration_s
+    max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate) + sample_rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    pieces: list[np.ndarray] = []
+    n_samples = 0
+    try:
+        for frame in container.decode(stream):
+            if not pieces:
+                check_source_limits(label, frame.sample_rate, frame.layout.nb_channels, plan.limits)
+            frame.pts = None  # let the resampler run on sample counts, not possibly broken timestamps
+            for out in resampler.resample(frame):
+                piece = out.to_ndarray().reshape(-1)
+                pieces.append(piece)
+                n_samples += piece.shape[0]
+            if max_samples is not None and n_samples > max_samples:
+                said = "declares no duration" if plan.declared_s is None else \
+                    f"declares {format_duration(plan.declared_s)}"
+                raise AudioTooLongError(
+                    f"{label}: the container {said} but it decodes to more than "
+                    f"{format_duration(max_duration_s)} ({plan.duration_field}); stopped decoding"
+                )
+        for out in resampler.resample(None):
+            pieces.append(out.to_ndarray().reshape(-1))
+    except AudioDecodeError:
+        raise
+    except (av.error.FFmpegError, ValueError, MemoryError) as exc:
+        done_s = n_samples / sample_rate
+        if plan.truncated(done_s):
+            raise AudioDecodeError(f"{label}: truncated or corrupt: decoding failed after {done_s:.2f} s of the "
+                                   f"{plan.declared_s:.2f} s the header declares ({exc})") from exc
+        raise AudioDecodeError(f"{label}: decoding failed after {done_s:.2f} s ({exc})") from exc
+    return pieces
+
+
+def _checked_samples(pieces: list[np.ndarray], plan: _Decoding) -> np.ndarray:
+    """The pieces joined into one float32 array, shape (n_samples,), refused when empty, shorter than the header
+    declares (truncated) or holding NaN/inf.
+
+    Raises:
+        AudioDecodeError: naming which.
+    """
+    label = plan.label
+    samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+    decoded_s = samples.shape[0] / plan.sample_rate
+    if samples.shape[0] == 0:
+        raise AudioDecodeError(f"{label}: no audio samples could be decoded")
+    if plan.truncated(decoded_s):
+        raise AudioDecodeError(
+            f"{label}: truncated: the header says {plan.declared_s:.2f} s but only {decoded_s:.2f} s decode"
+        )
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise AudioDecodeError(f"{label}: {bad} samples are NaN or infinite; the file is corrupt")
+    return samples
 
 
 def decode_audio(
@@ -211,78 +352,10 @@ def decode_audio(
             duration) passes it.
         AudioLimitError: the sample rate or channel count is outside ``limits``.
     """
-    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>")
-    if isinstance(source, (bytes, bytearray)):
-        if len(source) == 0:
-            raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
-        check_wav_header(bytes(source[:65536]), len(source), label)
-    elif isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if os.path.isdir(path):
-            raise AudioDecodeError(f"{label}: is a directory, not an audio file")
-        if not os.path.exists(path):
-            raise AudioDecodeError(f"{label}: no such file")
-        if os.path.getsize(path) == 0:
-            raise AudioDecodeError(f"{label}: file is empty (0 bytes)")
-        try:
-            with open(path, "rb") as f:
-                check_wav_header(f.read(65536), os.path.getsize(path), label)
-        except PermissionError as exc:
-            raise AudioDecodeError(f"{label}: permission denied") from exc
-
+    label = _label(source, name)
+    _check_input(source, label)
+    plan = _Decoding(label, sample_rate, limits, max_duration_s, duration_field)
     with open_audio(source, label) as container:
-        if not container.streams.audio:
-            raise AudioDecodeError(f"{label}: the file has no audio stream")
-        stream = container.streams.audio[0]
-        source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
-        source_channels = int(stream.codec_context.channels or 0)
-        check_source_limits(label, source_rate, source_channels, limits)
-        declared_s = _declared_duration_s(container, stream)
-        if max_duration_s is not None and declared_s is not None and declared_s > max_duration_s:
-            raise AudioTooLongError(
-                f"{label}: {format_duration(declared_s)} long, above the limit of {format_duration(max_duration_s)} "
-                f"({duration_field})"
-            )
-        max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate) + sample_rate
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        pieces: list[np.ndarray] = []
-        n_samples = 0
-        try:
-            for frame in container.decode(stream):
-                if not pieces:
-                    check_source_limits(label, frame.sample_rate, frame.layout.nb_channels, limits)
-                frame.pts = None  # let the resampler run on sample counts, not possibly broken timestamps
-                for out in resampler.resample(frame):
-                    piece = out.to_ndarray().reshape(-1)
-                    pieces.append(piece)
-                    n_samples += piece.shape[0]
-                if max_samples is not None and n_samples > max_samples:
-                    said = "declares no duration" if declared_s is None else f"declares {format_duration(declared_s)}"
-                    raise AudioTooLongError(
-                        f"{label}: the container {said} but it decodes to more than "
-                        f"{format_duration(max_duration_s)} ({duration_field}); stopped decoding"
-                    )
-            for out in resampler.resample(None):
-                pieces.append(out.to_ndarray().reshape(-1))
-        except AudioDecodeError:
-            raise
-        except (av.error.FFmpegError, ValueError, MemoryError) as exc:
-            done_s = n_samples / sample_rate
-            if declared_s is not None and declared_s - done_s > max(TRUNCATION_MIN_S, TRUNCATION_TOLERANCE * declared_s):
-                raise AudioDecodeError(f"{label}: truncated or corrupt: decoding failed after {done_s:.2f} s of the "
-                                       f"{declared_s:.2f} s the header declares ({exc})") from exc
-            raise AudioDecodeError(f"{label}: decoding failed after {done_s:.2f} s ({exc})") from exc
-
-    samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
-    decoded_s = samples.shape[0] / sample_rate
-    if samples.shape[0] == 0:
-        raise AudioDecodeError(f"{label}: no audio samples could be decoded")
-    if declared_s is not None and declared_s - decoded_s > max(TRUNCATION_MIN_S, TRUNCATION_TOLERANCE * declared_s):
-        raise AudioDecodeError(
-            f"{label}: truncated: the header says {declared_s:.2f} s but only {decoded_s:.2f} s decode"
-        )
-    finite = np.isfinite(samples)
-    if not finite.all():
-        bad = int((~finite).sum())
-        raise AudioDecodeError(f"{label}: {bad} samples are NaN or infinite; the file is corrupt")
-    return AudioArray(samples, sample_rate, source_rate, source_channels)
+        stream, source_rate, source_channels, plan = _audio_stream(container, plan)
+        pieces = _decode_pieces(container, stream, plan)
+    return AudioArray(_checked_samples(pieces, plan), sample_rate, source_rate, source_channels)

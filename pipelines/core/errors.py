@@ -29,6 +29,25 @@ class AudioLimitError(AudioDecodeError):
     count outside what is sane. Refused before it is decoded, so it cannot exhaust memory."""
 
 
+class SourceReadError(RaywhisperError):
+    """An input's bytes cannot be read from storage: no such file or object, access denied, a directory, FIFO or
+    device, an empty file, or storage still unavailable after the retries. Raised by :mod:`pipelines.io` (which
+    knows nothing of audio); the message names the URI and the reason, and the storage error is the cause. The job
+    records it as the input error users see (:func:`input_error`); the endpoint answers 4xx or 5xx."""
+
+
+class SourceTooLargeError(SourceReadError):
+    """An input is larger than its size limit (``guards.max_file_bytes``; the endpoint's ``http.max_upload_bytes``
+    for a ``url``), refused from its size before it is read."""
+
+
+def input_error(exc: SourceReadError) -> AudioDecodeError:
+    """The input error an error row records for a storage read error, so ``error_type`` names what users have always
+    seen: :class:`AudioLimitError` for :class:`SourceTooLargeError`, else :class:`AudioDecodeError`; same message,
+    ``exc`` is its cause (``raise input_error(exc) from exc``)."""
+    return (AudioLimitError if isinstance(exc, SourceTooLargeError) else AudioDecodeError)(str(exc))
+
+
 class InputNameError(AudioDecodeError):
     """An input's path is not valid UTF-8 (a listed file's name in another encoding): the job cannot write it to
     Parquet as it is, so the row shows it backslash-escaped and the file is not read."""

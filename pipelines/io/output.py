@@ -24,8 +24,8 @@ whole (one PUT of the same key on object stores; written under ``_tmp/``, then r
 elsewhere), so every state a reader or a killed run can see is a set of complete parts. Moving a part aside is a
 rename locally and a copy, then a delete, on object stores: a run killed in between leaves the part current (and
 a copy aside), never lost, never doubled in the current set. Every storage operation goes through the job's
-:class:`~pipelines.io.storage.RetryPolicy` (transient errors retried, then :class:`StorageError`). Works on any
-fsspec filesystem (local, s3://...); see :mod:`pipelines.io.storage`.
+:class:`~pipelines.io.retry.RetryPolicy` (transient errors retried, then :class:`StorageError`). Works on any
+fsspec filesystem (local, s3://...); see :mod:`pipelines.io.writing`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from fsspec.core import url_to_fs
 
 from pipelines.core.errors import StorageError
 from pipelines.core.schema import TRANSCRIPT_SCHEMA
-from pipelines.io.storage import RetryPolicy, is_object_store, move_file, remove_file, write_atomic
+from pipelines.io.retry import RetryPolicy
+from pipelines.io.writing import is_object_store, move_file, remove_file, write_atomic
 from pipelines.redact import scrub
 
 RUNS_DIR = "_runs"
@@ -148,7 +149,7 @@ class OutputFolder:
 
     def write_atomic(self, path: str, table: pa.Table, compression: str = "zstd") -> str:
         """Write ``table`` to ``path`` whole or not at all, replacing ``path`` (one PUT on object stores, a file in
-        ``_tmp/`` and a rename elsewhere; see :func:`pipelines.io.storage.write_atomic`).
+        ``_tmp/`` and a rename elsewhere; see :func:`pipelines.io.writing.write_atomic`).
 
         Raises:
             StorageError: still failing after the retries.

@@ -1,0 +1,87 @@
+"""What a benchmark runs: :class:`BenchConfig` (systems, manifest, the job config the baselines share), the
+baselines' settings derived from it, and the manifest slice every system reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.config import JobConfig, apply_overrides, load_tree
+from pipelines.core.errors import ConfigError
+
+SYSTEMS = ("raywhisper", "faster-whisper-sequential", "faster-whisper-batched")
+SystemName = Literal["raywhisper", "faster-whisper-sequential", "faster-whisper-batched"]
+
+
+class BenchConfig(BaseModel):
+    """One benchmark: which systems, over which manifest, with which job config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    manifest: Optional[str] = Field(None, description="Manifest to run (the CLI's --manifest wins).")
+    systems: tuple[SystemName, ...] = Field(SYSTEMS, min_length=1, description="Systems to run, in order.")
+    limit: Optional[int] = Field(None, ge=1, description="Use only the first N manifest rows.")
+    repeat: int = Field(1, ge=1, description="Repeat the manifest K times under new ids (a corpus K times as long).")
+    baseline_batch_size: int = Field(8, ge=1, description="batch_size of faster-whisper-batched.")
+    baseline_beam_size: Optional[int] = Field(
+        None, ge=1, description="beam_size of both faster-whisper baselines (None: the job's decoding.beam_size). "
+        "The job's beam is one of its tuning knobs; the baselines stay what a plain faster-whisper user runs, and "
+        "the WER columns show what the job's choice costs.")
+    experiment: str = Field("raywhisper-bench", description="MLflow experiment name.")
+    job: JobConfig = Field(default_factory=JobConfig, description="The raywhisper job config; its model, "
+                           "compute type and threads (and beam size, unless baseline_beam_size is set) are used "
+                           "by the baselines too.")
+
+
+def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> BenchConfig:
+    """Load a :class:`BenchConfig` from YAML plus ``--set`` overrides (``job.model.batch_size=16``).
+
+    Raises:
+        ConfigError: unreadable file or invalid field (named).
+    """
+    tree = apply_overrides(load_tree(path), list(overrides))
+    try:
+        return BenchConfig.model_validate(tree)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid bench config ({path}): {fields}") from exc
+
+
+def baseline_cpu_threads(cfg: BenchConfig) -> int:
+    """CPU threads of the faster-whisper baselines: as many as the job's transcriber uses in all
+    (``model.cpu_threads`` x ``model.num_workers``), so both sides get the same cores; 0 stays CTranslate2's
+    default."""
+    m = cfg.job.model
+    return m.cpu_threads * m.num_workers if m.cpu_threads else 0
+
+
+def baseline_beam_size(cfg: BenchConfig) -> int:
+    """Beam size of the faster-whisper baselines: ``baseline_beam_size``, else the job's."""
+    return cfg.baseline_beam_size or cfg.job.decoding.beam_size
+
+
+def prepare_manifest(source: str, out_dir: Path, limit: Optional[int], repeat: int) -> Path:
+    """Write the manifest the systems share: absolute paths, the first ``limit`` rows, repeated ``repeat`` times
+    under ids suffixed ``#rK``. Returns its path."""
+    from pipelines.io.manifest import read_manifest
+
+    rows = read_manifest(source)[:limit] if limit else read_manifest(source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bench_manifest.jsonl"
+    with open(path, "w") as f:
+        for k in range(repeat):
+            for r in rows:
+                rid = r.id if repeat == 1 else f"{r.id}#r{k}"
+                f.write(json.dumps({"id": rid, "audio_filepath": r.uri, "text": r.reference,
+                                    "subset": r.audio_filepath.split("/")[0] if "/" in r.audio_filepath else ""})
+                        + "\n")
+    return path
+
+
+def manifest_rows(path: Path) -> list[dict]:
+    """The rows of a manifest written by :func:`prepare_manifest` (``id``, ``audio_filepath``, ``text``, ``subset``)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
