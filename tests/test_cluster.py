@@ -1,7 +1,7 @@
 """Running on a cluster (issue 8).
 
 - A local Ray cluster (``ray start --head`` on 127.0.0.1, its own ports, temp dir and auth token) and jobs sent to
-  it with ``ray job submit --working-dir .`` exactly as the README shows: real clips are transcribed and the
+  it with ``ray job submit --working-dir .`` exactly as docs/scaling.md shows: real clips are transcribed and the
   output is complete; a GPU config fails fast with its message. The cluster advertises one GPU that no CUDA device
   backs, which is the "actor given a GPU cannot see CUDA" case on this CPU-only machine.
 - ``cluster.yaml`` through Ray's own cluster-config schema validation.
@@ -38,7 +38,7 @@ from tests.conftest import CORPUS, JFK_PHRASE, ROOT, corpus_rows
 VENV_BIN = Path(sys.executable).parent
 RAY_CLI = VENV_BIN / "ray"
 
-#: The runtime environment the README's `ray job submit` uses: keep the uploaded working dir small.
+#: The runtime environment docs/scaling.md's `ray job submit` uses: keep the uploaded working dir small.
 RUNTIME_ENV = {"excludes": [".git", ".venv", "out", "samples", "mlruns", ".pytest_cache", "__pycache__"]}
 
 #: Four real clips (flac 44.1 kHz stereo, flac, mp3, LibriSpeech flac), 34 s of speech.
@@ -125,7 +125,7 @@ class LocalRayCluster:
 
     def submit(self, *entrypoint: str, submission_id: str, wait: bool = True,
                timeout_s: float = 240) -> subprocess.CompletedProcess:
-        """``ray job submit --working-dir . --runtime-env-json ... [--no-wait] -- <entrypoint>`` (the README's)."""
+        """``ray job submit --working-dir . --runtime-env-json ... [--no-wait] -- <entrypoint>`` (docs/scaling.md's)."""
         return self.ray("job", "submit", "--address", self.address, "--submission-id", submission_id,
                         "--working-dir", ".", "--runtime-env-json", json.dumps(RUNTIME_ENV),
                         *([] if wait else ["--no-wait"]), "--", *entrypoint, timeout_s=timeout_s)
@@ -193,7 +193,7 @@ def test_job_submit_transcribes_clips_on_a_local_cluster(ray_cluster, clips_mani
 
     out = tmp_path / "out"
     job_id = f"raywhisper-test-{uuid.uuid4().hex[:8]}"
-    # as in the README: submit without waiting, follow the log to the end, then ask for the status
+    # as in docs/scaling.md: submit without waiting, follow the log to the end, then ask for the status
     res = ray_cluster.submit("python", "-m", "pipelines.transcribe", "--manifest", str(clips_manifest),
                              "--output", str(out), submission_id=job_id, wait=False, timeout_s=60)
     assert res.returncode == 0, res.stdout[-3000:]
