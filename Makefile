@@ -27,8 +27,9 @@ demo: setup espeak
 test: setup espeak
 	$(PY) -m pytest -q
 
+# Unit tests only: no Ray, no S3 server, nothing slow (a couple of minutes).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not ray and not s3 and not slow"
 
 clean:
 	rm -rf out samples .pytest_cache

@@ -10,7 +10,7 @@ public API it relies on pieces that may change in any release:
 - the CTranslate2 model behind ``WhisperModel.model`` (``generate``, ``detect_language``), driven directly;
 - ``faster_whisper.tokenizer._LANGUAGE_CODES`` (private), the language codes the tokenizer accepts.
 
-tests/test_whisper_contract.py checks the installed versions against the pins, the parameter names of every
+tests/core/test_whisper_contract.py checks the installed versions against the pins, the parameter names of every
 callable used here, and golden output on two clips, so an upgrade fails loudly there instead of quietly changing
 transcripts. Times in seconds; audio is float32 mono at :data:`~pipelines.core.constants.SAMPLE_RATE`.
 """

@@ -1,6 +1,6 @@
 """The GPU pre-flight checks (pipelines/preflight.py) as plain functions: no Ray, no GPU.
 
-The same checks run end to end on a local Ray cluster in tests/test_cluster.py.
+The same checks run end to end on a local Ray cluster in tests/job/test_cluster.py.
 """
 
 from __future__ import annotations

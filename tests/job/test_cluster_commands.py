@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CORPUS, JFK_PHRASE, ROOT
-from tests.test_cluster import RAY_CLI, VENV_BIN, LocalRayCluster
+from tests.job.test_cluster import RAY_CLI, VENV_BIN, LocalRayCluster
 
 DOC = ROOT / "docs" / "scaling.md"
 SECTION = "Submitting the job"

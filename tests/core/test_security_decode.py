@@ -170,7 +170,7 @@ def test_the_accepted_demuxers_are_single_file_formats():
 
 
 def test_real_containers_still_decode(tmp_path, corpus):
-    """A sample of the formats (tests/test_audio.py has them all): flac, ogg, opus, m4a from the corpus, as
+    """A sample of the formats (tests/core/test_audio.py has them all): flac, ogg, opus, m4a from the corpus, as
     bytes and as paths."""
     for path in [JFK] + [next((corpus / "ljspeech").glob(f"*.{ext}")) for ext in ("ogg", "opus", "m4a", "mp3")]:
         assert decode_audio(path).duration_s > 1
@@ -180,7 +180,7 @@ def test_real_containers_still_decode(tmp_path, corpus):
 @pytest.mark.parametrize("kind", HOSTILE)
 def test_endpoint_refuses_hostile_uploads(hostile, listener, in_secret_root, kind):
     """The endpoint's request preparation (serve_app.preparation.prepare_job, Ray-free; the Serve fixture of
-    tests/test_serve.py starts a model replica): a 400 ``invalid_audio`` naming the reason, quickly."""
+    tests/serve/test_serve.py starts a model replica): a 400 ``invalid_audio`` naming the reason, quickly."""
     from pipelines.config import load_serve_config
     from serve_app.preparation import prepare_job
     from serve_app.schemas import APIError, TranscriptionRequest
