@@ -208,3 +208,85 @@ def word_accuracy(words: Sequence[tuple[float, float, Optional[str]]], reference
     index = TurnIndex(reference)
     right = sum(1 for start, end, spk in words if spk is not None and mapping.get(spk) == index.speaker_of(start, end))
     return (right / len(words) if words else 1.0), len(words)
+
+
+def evaluate(corpus: Path, per_size: int = 4, seed: int = 1, threads: Sequence[int] = (1, 2)) -> list[dict]:
+    """Diarize and transcribe ``per_size`` conversations of 2, 3 and 4 speakers: one dict per conversation with its
+    DER (count unknown and given), word-speaker accuracy, and the diarizer's and transcriber's times (s, wall and
+    CPU, for each thread count) next to the audio's duration."""
+    import tempfile
+    import time
+    import wave
+
+    from pipelines.config import load_config
+    from pipelines.core.diarization import DiarizationOptions, Diarizer
+    from pipelines.core.engine import Engine, FileSpec, prepare
+    from pipelines.core.speakers import assign_speakers
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "local.yaml")
+    engine = Engine(cfg.model, cfg.decoding)
+    diarizers = {n: Diarizer(DiarizationOptions(cpu_threads=n)) for n in threads}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for conv in conversation_set(speaker_pools(corpus), per_size=per_size, seed=seed):
+            row: dict = {"name": conv.name, "speakers": len(conv.speakers), "duration_s": conv.duration_s}
+            for n, diarizer in diarizers.items():
+                w0, c0 = time.perf_counter(), time.process_time()
+                result = diarizer.diarize_full(conv.samples)
+                row[f"diarize_wall_s_{n}t"] = time.perf_counter() - w0
+                row[f"diarize_cpu_s_{n}t"] = time.process_time() - c0
+            scores = score(conv.reference, result.turns)
+            row.update(der=scores.der, missed=scores.missed, false_alarm=scores.false_alarm,
+                       confusion=scores.confusion, found=len({t.speaker for t in result.turns}))
+            row["der_known"] = score(conv.reference, diarizers[threads[0]].diarize(
+                conv.samples, num_speakers=len(conv.speakers))).der
+            path = Path(tmp) / f"{conv.name}.wav"
+            with wave.open(str(path), "wb") as w:
+                w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
+                w.writeframes((np.clip(conv.samples, -1, 1) * 32767).astype("<i2").tobytes())
+            w0, c0 = time.perf_counter(), time.process_time()
+            prepared = prepare(str(path), FileSpec(conv.name, conv.name), cfg.chunking)
+            (outcome,) = engine.transcribe_isolated([prepared])
+            row["transcribe_wall_s"] = time.perf_counter() - w0
+            row["transcribe_cpu_s"] = time.process_time() - c0
+            segments = outcome.transcript.segments
+            words = [(w.start, w.end, s) for seg, sp in zip(segments, assign_speakers(segments, result.turns))
+                     for w, s in zip(seg.words, sp.words)]
+            row["word_accuracy"], row["words"] = word_accuracy(words, conv.reference, scores.mapping)
+            rows.append(row)
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    return rows
+
+
+def _table(rows: list[dict], threads: Sequence[int]) -> str:
+    lines = ["| speakers | conversations | audio (s) | DER | DER, count given | missed / FA / confusion | "
+             "words right | diarizer RTF, " + ", ".join(f"{n} thread{'s' if n > 1 else ''}" for n in threads)
+             + " (wall; CPU) | transcription RTF (wall) | diarization / transcription (1 thread, wall) |",
+             "|---" * 10 + "|"]
+    for size in sorted({r["speakers"] for r in rows}) + [0]:
+        sel = [r for r in rows if r["speakers"] == size or size == 0]
+        audio = sum(r["duration_s"] for r in sel)
+        mean = lambda key: float(np.mean([r[key] for r in sel]))  # noqa: E731
+        rtf = "; ".join(f"{sum(r[f'diarize_wall_s_{n}t'] for r in sel) / audio:.3f} / "
+                        f"{sum(r[f'diarize_cpu_s_{n}t'] for r in sel) / audio:.3f}" for n in threads)
+        words = sum(r["words"] for r in sel)
+        right = sum(r["word_accuracy"] * r["words"] for r in sel) / words
+        trans = sum(r["transcribe_wall_s"] for r in sel) / audio
+        ratio = sum(r[f"diarize_wall_s_{threads[0]}t"] for r in sel) / sum(r["transcribe_wall_s"] for r in sel)
+        lines.append(f"| {size or 'all'} | {len(sel)} | {audio:.0f} | {mean('der'):.1%} | {mean('der_known'):.1%} | "
+                     f"{mean('missed'):.1%} / {mean('false_alarm'):.1%} / {mean('confusion'):.1%} | "
+                     f"{right:.1%} of {words} | {rtf} | {trans:.3f} | {ratio:.0%} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "corpus" / "dev")
+    parser.add_argument("--per-size", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    print(_table(evaluate(args.corpus, args.per_size, args.seed, args.threads), args.threads))

