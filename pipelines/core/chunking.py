@@ -8,7 +8,8 @@ only decides whether it holds speech at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 from pipelines.core.options import ChunkingConfig
@@ -25,10 +26,12 @@ class SpeechSpan:
 
 @dataclass(frozen=True)
 class ChunkSpan:
-    """A chunk of a file: ``offset_s`` and ``duration_s`` in seconds of file time."""
+    """A chunk of a file: ``offset_s`` and ``duration_s`` in seconds of file time; ``speech``: the VAD speech runs
+    inside it as ``(start, end)`` seconds of chunk time (0 = the chunk's start), None when the VAD did not run."""
 
     offset_s: float
     duration_s: float
+    speech: Optional[tuple[tuple[float, float], ...]] = None
 
 
 def detect_speech(samples: np.ndarray, cfg: ChunkingConfig) -> list[SpeechSpan]:
@@ -85,7 +88,17 @@ def chunk_audio(samples: np.ndarray, cfg: ChunkingConfig) -> list[ChunkSpan]:
     if not cfg.vad_filter:
         step = int(cfg.max_chunk_s * rate)
         return [ChunkSpan(s / rate, (min(n, s + step) - s) / rate) for s in range(0, n, step)]
-    return merge_speech(detect_speech(samples, cfg), n, cfg)
+    speech = detect_speech(samples, cfg)
+    return [with_speech(span, speech, rate) for span in merge_speech(speech, n, cfg)]
+
+
+def with_speech(span: ChunkSpan, speech: list[SpeechSpan], rate: int) -> ChunkSpan:
+    """``span`` with :attr:`ChunkSpan.speech` set: the parts of the ``speech`` runs (samples at ``rate``) inside it,
+    in seconds of chunk time, rounded to the millisecond."""
+    start, end = span.offset_s, span.offset_s + span.duration_s
+    inside = tuple((round(max(s.start / rate, start) - start, 3), round(min(s.end / rate, end) - start, 3))
+                   for s in speech if min(s.end / rate, end) > max(s.start / rate, start))
+    return replace(span, speech=inside)
 
 
 def slice_chunk(samples: np.ndarray, span: ChunkSpan, sample_rate: int) -> np.ndarray:

@@ -4,7 +4,8 @@ Three steps, each used unchanged by the batch job's Ray stages, the Serve deploy
 (they only move data to and from these functions):
 
 1. :func:`prepare`: the bytes of one file -> decoded with the input guards (:class:`InputLimits`) -> Silero VAD
-   chunks -> a :class:`PreparedFile` (chunk samples with their offsets, the stream's facts, stage timings).
+   chunks -> a :class:`PreparedFile` (chunk samples with their offsets and VAD speech, the stream's facts, stage
+   timings).
 2. :meth:`Engine.transcribe_isolated`: a batch of prepared files from any number of callers -> one
    :class:`Outcome` per file. All chunks go to the transcriber together (cross-file batching and packing); if that
    call fails, each file is retried alone so one bad file fails alone.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from pipelines.core.audio import AudioSource, SourceLimits, decode_audio
 from pipelines.core.chunking import chunk_audio, slice_chunk
 from pipelines.core.constants import SAMPLE_RATE
+from pipelines.core.coverage import Quality
 from pipelines.core.options import ChunkingConfig, DecodingConfig, ModelConfig
 from pipelines.core.schema import Transcript
 from pipelines.core.stitch import stitch, stitch_file
@@ -80,6 +82,8 @@ class PreparedFile:
     starting ``chunk_offsets_s[i]`` seconds into the file. ``duration_s`` is the decoded duration (s);
     ``source_sample_rate`` (Hz) and ``source_channels`` describe the input stream before resampling;
     ``decode_s`` and ``vad_s`` the wall time (s) the two steps took. No chunks means no speech was found.
+    ``chunk_speech[i]``, when the VAD ran, holds chunk ``i``'s VAD speech runs as ``(start, end)`` seconds of chunk
+    time: the dropped-speech guard and the quality measures compare them with the words (None: unknown).
     """
 
     spec: FileSpec
@@ -90,6 +94,14 @@ class PreparedFile:
     chunk_samples: tuple[np.ndarray, ...]
     decode_s: float = 0.0
     vad_s: float = 0.0
+    chunk_speech: Optional[tuple[tuple[tuple[float, float], ...], ...]] = None
+
+    @property
+    def speech_s(self) -> Optional[float]:
+        """Seconds of VAD speech in the file's chunks (None when unknown)."""
+        if self.chunk_speech is None:
+            return None
+        return round(sum(end - start for runs in self.chunk_speech for start, end in runs), 3)
 
     @property
     def num_chunks(self) -> int:
@@ -99,8 +111,9 @@ class PreparedFile:
     def chunks(self) -> list[Chunk]:
         """The file's chunks as :class:`~pipelines.core.transcriber.Chunk` objects, in file order."""
         s = self.spec
-        return [Chunk(s.key, i, float(offset), samples, s.language, s.prompt, s.pack_group)
-                for i, (offset, samples) in enumerate(zip(self.chunk_offsets_s, self.chunk_samples))]
+        speech = self.chunk_speech if self.chunk_speech is not None else (None,) * self.num_chunks
+        return [Chunk(s.key, i, float(offset), samples, s.language, s.prompt, s.pack_group, runs)
+                for i, (offset, samples, runs) in enumerate(zip(self.chunk_offsets_s, self.chunk_samples, speech))]
 
 
 def prepare(source: AudioSource, spec: FileSpec, chunking: ChunkingConfig,
@@ -120,9 +133,10 @@ def prepare(source: AudioSource, spec: FileSpec, chunking: ChunkingConfig,
     t1 = time.perf_counter()
     spans = chunk_audio(audio.samples, chunking)
     samples = tuple(np.ascontiguousarray(slice_chunk(audio.samples, span, SAMPLE_RATE)) for span in spans)
+    speech = None if any(span.speech is None for span in spans) else tuple(span.speech for span in spans)
     return PreparedFile(spec, audio.duration_s, audio.source_sample_rate, audio.source_channels,
                         tuple(float(span.offset_s) for span in spans), samples,
-                        decode_s=t1 - t0, vad_s=time.perf_counter() - t1)
+                        decode_s=t1 - t0, vad_s=time.perf_counter() - t1, chunk_speech=speech)
 
 
 @dataclass(frozen=True)
@@ -168,10 +182,13 @@ class Engine:
 
     def transcribe(self, files: Sequence[PreparedFile],
                    decoding: Optional[DecodingConfig] = None) -> tuple[list[Transcript], float]:
-        """One transcriber call over every chunk of ``files`` (cross-file batching and packing), stitched per file.
+        """One transcriber call over every chunk of ``files`` (cross-file batching and packing, then the
+        dropped-speech guard on each chunk's VAD speech), stitched per file.
 
         Returns:
-            the transcripts in the order of ``files`` and the call's wall time (s).
+            the transcripts in the order of ``files``, each with its
+            :class:`~pipelines.core.coverage.Quality` (speech seconds and the part with words, stretches still
+            without words, hallucination signals), and the call's wall time (s).
 
         Raises:
             TranscriptionError: the model failed on a batch (the cause is chained).
@@ -187,7 +204,8 @@ class Engine:
         """The transcript of a file without speech: no segments; its language where it is known without a decode."""
         given = file.spec.language or (decoding or self.decoding).language
         known = given if given else (None if self.multilingual else "en")
-        return stitch_file([], file.duration_s, known, 1.0 if known else None)
+        transcript = stitch_file([], file.duration_s, known, 1.0 if known else None)
+        return transcript if file.chunk_speech is not None else replace(transcript, quality=Quality())
 
     def transcribe_isolated(self, files: Sequence[PreparedFile], decoding: Optional[DecodingConfig] = None,
                             retries: int = 0) -> list[Outcome]:

@@ -101,6 +101,16 @@ class DecodingConfig(FrozenModel):
         30.0, gt=0, le=30, description="Most audio, gaps included, packed into one 30 s window (s); headroom at the "
         "end lets the model close its last segment instead of stopping short of it.")
     pack_gap_s: float = Field(1.0, ge=0, le=5, description="Silence between packed chunks (s).")
+    redecode_uncovered: bool = Field(
+        True, description=(
+            "The dropped-speech guard: after decoding, a stretch between words holding at least "
+            "uncovered_speech_s of VAD speech is decoded again on its own, conditioned on the chunk's text before "
+            "it (Whisper sometimes ends a window early and skips the rest of its speech). Needs the VAD "
+            "(chunking.vad_filter); see docs/architecture.md."))
+    uncovered_speech_s: float = Field(
+        2.0, gt=0, description=(
+            "Seconds of VAD speech without words that make a stretch uncovered: decoded again by the guard, and "
+            "listed in a row's uncovered_spans when still without words afterwards (s)."))
     prepend_punctuations: str = Field("\"'“¿([{-", description="Merged into the next word (word timestamps).")
     append_punctuations: str = Field("\"'.。,，!！?？:：”)]}、", description="Merged into the previous word.")
 

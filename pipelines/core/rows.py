@@ -69,6 +69,12 @@ class TranscriptRow:
     source_sample_rate: Optional[int] = None
     source_channels: Optional[int] = None
     num_chunks: int = 0
+    speech_s: Optional[float] = None
+    covered_speech_s: Optional[float] = None
+    uncovered_spans: Optional[tuple] = None
+    redecoded_spans: Optional[int] = None
+    max_compression_ratio: Optional[float] = None
+    words_outside_speech: Optional[int] = None
     model: Optional[str] = None
     compute_type: Optional[str] = None
     config_fingerprint: Optional[str] = None
@@ -102,8 +108,11 @@ class TranscriptRow:
             return cls(status=STATUS_ERROR, error_type=failure.error_type, error_message=failure.message,
                        attempts=failure.attempts, **fields)
         t = outcome.transcript
+        quality = t.quality.to_dict() if t.quality is not None else {}
+        if "uncovered_spans" in quality:
+            quality["uncovered_spans"] = tuple(quality["uncovered_spans"])
         return cls(status=t.status, text=t.text, language=t.language, language_probability=t.language_probability,
-                   segments=tuple(seg.to_dict() for seg in t.segments), **fields)
+                   segments=tuple(seg.to_dict() for seg in t.segments), **fields, **quality)
 
     @classmethod
     def failed(cls, source: Source, failure: Failure, prov: Provenance, decode_s: Optional[float] = None,
@@ -136,12 +145,15 @@ class TranscriptRow:
                    duplicate_of=None if origin == source.id else origin, run_id=run_id,
                    schema_version=SCHEMA_VERSION, created_at=_now(), decode_s=0.0, vad_s=0.0, transcribe_s=0.0,
                    segments=tuple(out.get("segments") or ()))
+        if out.get("uncovered_spans") is not None:
+            out["uncovered_spans"] = tuple(out["uncovered_spans"])
         return cls(**out)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a plain dict keyed by :data:`TRANSCRIPT_SCHEMA`'s names."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["segments"] = list(self.segments)
+        out["uncovered_spans"] = None if self.uncovered_spans is None else list(self.uncovered_spans)
         return out
 
 

@@ -8,11 +8,15 @@ Segment and word fields use the names of OpenAI's ``verbose_json``: ``start`` an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Optional
 
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    from pipelines.core.coverage import Quality
+
 #: Bumped on any change to :data:`TRANSCRIPT_SCHEMA` (major: a field removed or retyped; minor: a field added).
-SCHEMA_VERSION = "1.1"  # 1.1: duplicate_of
+SCHEMA_VERSION = "1.2"  # 1.1: duplicate_of; 1.2: the quality columns (speech_s ... words_outside_speech)
 
 STATUS_OK = "ok"
 STATUS_EMPTY = "empty"
@@ -53,13 +57,16 @@ class Segment:
 
 @dataclass(frozen=True)
 class Transcript:
-    """One file's transcript: the segments in file time, in order, and the language that decoded it."""
+    """One file's transcript: the segments in file time, in order, and the language that decoded it; ``quality``
+    holds the coverage and hallucination measures (:class:`~pipelines.core.coverage.Quality`) when the engine
+    computed them."""
 
     text: str
     language: str | None
     language_probability: float | None
     duration_s: float
     segments: tuple[Segment, ...] = field(default_factory=tuple)
+    quality: Optional["Quality"] = None
 
     @property
     def status(self) -> str:
@@ -90,6 +97,8 @@ SEGMENT_TYPE = pa.struct(
     ]
 )
 
+SPAN_TYPE = pa.struct([("start", pa.float64()), ("end", pa.float64())])
+
 #: One row per manifest row. Times are seconds; ``*_s`` timings are the wall time spent on this file per stage
 #: (the transcribe time of a batch is shared between its files in proportion to their audio duration).
 TRANSCRIPT_SCHEMA = pa.schema(
@@ -110,6 +119,16 @@ TRANSCRIPT_SCHEMA = pa.schema(
         ("source_sample_rate", pa.int32()),
         ("source_channels", pa.int32()),
         ("num_chunks", pa.int32()),
+        # Quality (1.2; docs/job.md): VAD speech seconds in the file, the part of it within 0.5 s of a word,
+        # stretches (file time) still holding >= decoding.uncovered_speech_s of speech without words after the
+        # dropped-speech guard, how many stretches the guard decoded again, the highest segment compression ratio
+        # and the words lying over 0.5 s away from VAD speech. Null on error rows, and the speech ones without VAD.
+        ("speech_s", pa.float64()),
+        ("covered_speech_s", pa.float64()),
+        ("uncovered_spans", pa.list_(SPAN_TYPE)),
+        ("redecoded_spans", pa.int32()),
+        ("max_compression_ratio", pa.float64()),
+        ("words_outside_speech", pa.int32()),
         ("model", pa.string()),
         ("compute_type", pa.string()),
         ("config_fingerprint", pa.string()),

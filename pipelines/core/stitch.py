@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Iterable
 
+from pipelines.core.coverage import file_quality
 from pipelines.core.schema import Segment, Transcript, Word
 from pipelines.core.transcriber import ChunkResult
 
@@ -30,7 +31,8 @@ def stitch_file(results: Iterable[ChunkResult], duration_s: float, language: str
             None means unknown.
 
     Returns:
-        A :class:`Transcript` whose segments are in file time and order, ids 0..n-1.
+        A :class:`Transcript` whose segments are in file time and order, ids 0..n-1, with its
+        :class:`~pipelines.core.coverage.Quality` from the chunks' coverage (uncovered spans in file time).
     """
     ordered = sorted(results, key=lambda r: r.index)
     segments: list[Segment] = []
@@ -48,7 +50,8 @@ def stitch_file(results: Iterable[ChunkResult], duration_s: float, language: str
     if ordered:
         language, language_probability = ordered[0].language, ordered[0].language_probability
     text = "".join(seg.text for seg in segments).strip()
-    return Transcript(text, language, language_probability, duration_s, tuple(segments))
+    quality = file_quality([(r.offset_s, r.coverage, r.redecoded) for r in ordered], segments)
+    return Transcript(text, language, language_probability, duration_s, tuple(segments), quality)
 
 
 def stitch(results: Iterable[ChunkResult], durations_s: dict[str, float]) -> dict[str, Transcript]:

@@ -19,11 +19,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipelines.core.constants import SAMPLE_RATE
+from pipelines.core.coverage import Coverage, chunk_coverage, gaps, word_spans
 from pipelines.core.decoding import Outcome, Piece, decode_pieces, to_segments
 from pipelines.core.errors import TranscriptionError
 from pipelines.core.options import DecodingConfig, ModelConfig
 from pipelines.core.packing import split_window
-from pipelines.core.rounds import Item, Pending, batch_sizes, batches, plan_items, settle
+from pipelines.core.rounds import MIN_REMAINDER_SAMPLES, Item, Pending, batch_sizes, batches, plan_items, settle
 from pipelines.core.schema import Segment
 from pipelines.core.whisper import WhisperAdapter
 
@@ -42,7 +43,8 @@ class Chunk:
     ``index`` its place in that file; ``offset_s`` is where it starts in the file (seconds). ``language`` and
     ``prompt`` override the config's for this chunk's file. Chunks are packed into shared windows only with chunks
     of the same ``pack_group`` (the job uses the file's folder: same source, same speakers; None packs with
-    any other None).
+    any other None). ``speech`` holds the VAD speech runs inside the chunk as ``(start, end)`` seconds of chunk
+    time (None: unknown, the VAD did not run), for the dropped-speech guard and the coverage measures.
     """
 
     key: str
@@ -52,6 +54,7 @@ class Chunk:
     language: Optional[str] = None
     prompt: Optional[str] = None
     pack_group: Optional[str] = None
+    speech: Optional[tuple[tuple[float, float], ...]] = None
 
     @property
     def duration_s(self) -> float:
@@ -61,7 +64,9 @@ class Chunk:
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """The transcription of one :class:`Chunk`; segment and word times are seconds of chunk time (0 = chunk start)."""
+    """The transcription of one :class:`Chunk`; segment and word times are seconds of chunk time (0 = chunk start).
+    ``coverage`` measures its words against its VAD speech (None when the chunk's speech is unknown) and
+    ``redecoded`` counts the stretches the dropped-speech guard decoded again."""
 
     key: str
     index: int
@@ -70,6 +75,8 @@ class ChunkResult:
     language: str
     language_probability: float
     segments: tuple[Segment, ...]
+    coverage: Optional[Coverage] = None
+    redecoded: int = 0
 
 
 class Transcriber:
@@ -92,7 +99,8 @@ class Transcriber:
         self.chunks_seen = 0  # 30 s windows decoded (packed windows and pieces alone)
         #: what the last :meth:`transcribe_chunks` call did: ``rounds``, ``windows`` (30 s windows decoded),
         #: ``packed_windows`` (of those, windows holding several pieces), ``resumed`` (rests of unfinished pieces
-        #: decoded again in a later round) and ``rest_windows`` (windows those rests were decoded in)
+        #: decoded again in a later round), ``rest_windows`` (windows those rests were decoded in) and
+        #: ``redecoded`` (stretches of speech without words that the dropped-speech guard decoded again)
         self.last_stats: dict[str, int] = {}
         self._count_lock = threading.Lock()
         # CTranslate2 holds num_workers model replicas (inter_threads) and releases the GIL while it runs, so that
@@ -133,6 +141,13 @@ class Transcriber:
         got no words at all is decoded alone in the next round, so packing never turns speech into an empty
         transcript.
 
+        Then the dropped-speech guard (``decoding.redecode_uncovered``, for chunks whose VAD ``speech`` is known):
+        Whisper sometimes ends a decode early (a closing timestamp, then end-of-text, seconds before the audio
+        ends) and the rest of that audio gets no words. Each stretch between words that holds at least
+        ``decoding.uncovered_speech_s`` of VAD speech (:func:`pipelines.core.coverage.gaps`) is decoded again alone,
+        conditioned on the chunk's text before it, in further rounds. A chunk with no words at all is not: it was
+        already decoded alone. Each result carries its :class:`~pipelines.core.coverage.Coverage` afterwards.
+
         With ``model.num_workers`` > 1 the batches of a round run at once on as many threads (CTranslate2 model
         replicas); see :func:`batch_sizes`.
 
@@ -146,28 +161,71 @@ class Transcriber:
             return []
         opts = decoding or self.decoding
         languages = self._resolve_languages(chunks, opts)
-        run_opts = opts.model_copy(update={"word_timestamps": True}) if opts.pack_short_chunks else opts
+        guard = opts.redecode_uncovered and any(c.speech is not None for c in chunks)
+        run_opts = (opts.model_copy(update={"word_timestamps": True}) if opts.pack_short_chunks or guard
+                    else opts)
         collected: list[list[Segment]] = [[] for _ in chunks]
-        pending = [Pending(i, 0.0, c.samples, False, self._initial_context(c, languages[c.key][0], opts))
-                   for i, c in enumerate(chunks)]
-        stats = {"rounds": 0, "windows": 0, "packed_windows": 0, "resumed": 0, "rest_windows": 0}
+        contexts = [self._initial_context(c, languages[c.key][0], opts) for c in chunks]
+        stats = {"rounds": 0, "windows": 0, "packed_windows": 0, "resumed": 0, "rest_windows": 0, "redecoded": 0}
+        self._rounds(chunks, [Pending(i, 0.0, c.samples, False, contexts[i]) for i, c in enumerate(chunks)],
+                     languages, run_opts, opts, collected, stats)
+        redecoded = [0] * len(chunks)
+        if guard:
+            again = self._uncovered_pieces(chunks, collected, contexts, languages, opts)
+            for p in again:
+                redecoded[p.origin] += 1
+            stats["redecoded"] = len(again)
+            self._rounds(chunks, again, languages, run_opts, opts, collected, stats)
+        self.last_stats = stats
+        return [self._result(chunk, segs, languages[chunk.key], n, opts)
+                for chunk, segs, n in zip(chunks, collected, redecoded)]
+
+    def _rounds(self, chunks: Sequence[Chunk], pending: list[Pending], languages: dict[str, tuple[str, float]],
+                run_opts: DecodingConfig, opts: DecodingConfig, collected: list[list[Segment]],
+                stats: dict[str, int]) -> None:
+        """Decode rounds until nothing is pending (at most :data:`MAX_ROUNDS`), segments into ``collected``."""
         for _ in range(MAX_ROUNDS):
             if not pending:
-                break
+                return
             stats["rounds"] += 1
             pending = self._round(chunks, pending, languages, run_opts, opts, collected, stats)
-        self.last_stats = stats
         if pending:
             log.warning("gave up on %d unfinished pieces after %d rounds", len(pending), MAX_ROUNDS)
-        results = []
-        for chunk, segs in zip(chunks, collected):
-            segs = sorted(segs, key=lambda s: (s.start, s.end))
-            if not opts.word_timestamps:
-                segs = [replace(s, words=()) for s in segs]
-            lang = languages[chunk.key]
-            results.append(ChunkResult(chunk.key, chunk.index, chunk.offset_s, chunk.duration_s, lang[0], lang[1],
-                                       tuple(replace(s, id=k) for k, s in enumerate(segs))))
-        return results
+
+    def _result(self, chunk: Chunk, segs: list[Segment], language: tuple[str, float], redecoded: int,
+                opts: DecodingConfig) -> ChunkResult:
+        """The chunk's result: its segments in order (words dropped unless asked for), measured against its speech."""
+        segs = sorted(segs, key=lambda s: (s.start, s.end))
+        coverage = (None if chunk.speech is None else
+                    chunk_coverage(chunk.speech, segs, chunk.duration_s, opts.uncovered_speech_s))
+        if not opts.word_timestamps:
+            segs = [replace(s, words=()) for s in segs]
+        return ChunkResult(chunk.key, chunk.index, chunk.offset_s, chunk.duration_s, language[0], language[1],
+                           tuple(replace(s, id=k) for k, s in enumerate(segs)), coverage, redecoded)
+
+    def _uncovered_pieces(self, chunks: Sequence[Chunk], collected: list[list[Segment]], contexts: list[list[int]],
+                          languages: dict[str, tuple[str, float]], opts: DecodingConfig) -> list[Pending]:
+        """The dropped-speech guard's work: each stretch between words of a chunk holding at least
+        ``opts.uncovered_speech_s`` of its VAD speech, as a piece decoded alone (the audio from the word before it
+        to the word after it, or the chunk's edge), prompted with the chunk's prompt and its text before the
+        stretch (as a resumed decode is)."""
+        out: list[Pending] = []
+        for i, (chunk, segs) in enumerate(zip(chunks, collected)):
+            if chunk.speech is None or not segs:
+                continue  # unknown speech; or no words at all: the chunk was already decoded alone
+            for gap in gaps(chunk.speech, word_spans(segs), chunk.duration_s):
+                if gap.speech_s < opts.uncovered_speech_s:
+                    continue
+                samples = chunk.samples[int(round(gap.start * SAMPLE_RATE)):int(round(gap.end * SAMPLE_RATE))]
+                if samples.shape[0] < MIN_REMAINDER_SAMPLES:
+                    continue
+                log.debug("%s chunk %d: %.1f s of speech without words in %.1f-%.1f s; decoding it again",
+                          chunk.key, chunk.index, gap.speech_s, gap.start, gap.end)
+                before = text_before(segs, gap.start)
+                tokenizer = self.whisper.tokenizer(languages[chunk.key][0], opts.task)
+                context = contexts[i] + (self.whisper.encode_text(tokenizer, before) if before.strip() else [])
+                out.append(Pending(i, gap.start, samples, True, context))
+        return out
 
     # ------------------------------------------------------------------------------------------------ one round
     def _round(self, chunks: Sequence[Chunk], pending: list[Pending], languages: dict[str, tuple[str, float]],
@@ -255,3 +313,15 @@ class Transcriber:
             detected = self.detect_language(list(to_detect.values()))
             languages.update(zip(to_detect.keys(), detected))
         return languages
+
+
+def text_before(segments: Sequence[Segment], time_s: float) -> str:
+    """The text of ``segments`` (chunk time, in order) that ends by ``time_s``: whole words where the segment has
+    them, else whole segments."""
+    parts: list[str] = []
+    for seg in segments:
+        if seg.words:
+            parts.extend(w.word for w in seg.words if w.end <= time_s + 1e-3)
+        elif seg.end <= time_s + 1e-3:
+            parts.append(seg.text)
+    return "".join(parts)
