@@ -58,6 +58,8 @@ CHUNKED_SCHEMA = pa.schema(
         ("error_message", pa.string()),
         ("chunk_offsets_s", pa.list_(pa.float64())),
         ("chunk_samples", pa.list_(pa.large_binary())),
+        # per chunk, its VAD speech runs as [start, end] seconds of chunk time; null when the VAD did not run
+        ("chunk_speech", pa.list_(pa.list_(pa.list_(pa.float64())))),
     ]
 )
 
@@ -79,7 +81,9 @@ def to_chunked_row(prepared: PreparedFile) -> dict:
     return dict(duration_s=prepared.duration_s, source_sample_rate=prepared.source_sample_rate,
                 source_channels=prepared.source_channels, decode_s=prepared.decode_s, vad_s=prepared.vad_s,
                 chunk_offsets_s=list(prepared.chunk_offsets_s),
-                chunk_samples=[s.astype("<f4", copy=False).tobytes() for s in prepared.chunk_samples])
+                chunk_samples=[s.astype("<f4", copy=False).tobytes() for s in prepared.chunk_samples],
+                chunk_speech=None if prepared.chunk_speech is None
+                else [[list(run) for run in runs] for runs in prepared.chunk_speech])
 
 
 def from_chunked_row(row: dict) -> PreparedFile:
@@ -88,7 +92,9 @@ def from_chunked_row(row: dict) -> PreparedFile:
     return PreparedFile(file_spec(row), row["duration_s"], row["source_sample_rate"], row["source_channels"],
                         tuple(float(o) for o in row.get("chunk_offsets_s") or ()),
                         tuple(np.frombuffer(b, dtype="<f4") for b in row.get("chunk_samples") or ()),
-                        decode_s=row.get("decode_s") or 0.0, vad_s=row.get("vad_s") or 0.0)
+                        decode_s=row.get("decode_s") or 0.0, vad_s=row.get("vad_s") or 0.0,
+                        chunk_speech=None if row.get("chunk_speech") is None
+                        else tuple(tuple((float(a), float(b)) for a, b in runs) for runs in row["chunk_speech"]))
 
 
 def input_limits(cfg: JobConfig) -> InputLimits:

@@ -250,3 +250,14 @@ def test_frames_of_an_output_with_no_segments(files, table):
     sub = an.files_frame(rows)
     assert an.timing_summary(sub).loc["transcribe", "files"] == 1
     assert an.wer_per_folder(sub).empty
+
+
+def test_coverage_summary(files):
+    """The engine's quality columns, per transcribed file: speech found, all of it covered by words here."""
+    cov = an.coverage_summary(files)
+    assert set(cov.index) == set(CLIPS) | {SILENT_ID}  # the error row has no speech columns
+    assert cov.loc[SILENT_ID, "speech_s"] == 0 and cov.loc[SILENT_ID, "uncovered_share"] == 0
+    speech = cov.loc[list(CLIPS)]
+    assert (speech["n_uncovered"] == 0).all() and (speech["uncovered_share"] < 0.2).all()
+    assert (speech["speech_s"] > 0).all() and (speech["covered_speech_s"] <= speech["speech_s"] + 1e-6).all()
+    assert an.coverage_summary(files[files["status"] == "error"]).empty

@@ -76,7 +76,8 @@ def test_transcript_analysis_runs_on_a_real_output(output_dir, tmp_path):
     assert "compression_ratio > 2.4" in text  # the hallucination rule is stated
     assert "(all)" in text and "ljspeech" in text  # WER per folder
     assert "transcribe" in text and "s_per_audio_s" in text  # timing per stage
-    assert figures(nb) == 6  # status, audio/words, language, quality, WER, timing
+    assert "files have speech left without words" in text  # speech coverage (schema 1.2)
+    assert figures(nb) == 7  # status, audio/words, language, quality, coverage, WER, timing
 
 
 def test_transcript_analysis_without_segments_or_references(output_dir, tmp_path):

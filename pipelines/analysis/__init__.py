@@ -40,6 +40,7 @@ from pipelines.analysis.scoring import wer_per_file, wer_per_folder
 from pipelines.analysis.summaries import (
     STAGE_COLUMNS,
     audio_summary,
+    coverage_summary,
     error_breakdown,
     error_rows,
     language_stats,
@@ -49,7 +50,7 @@ from pipelines.analysis.summaries import (
 
 __all__ = [
     "SEGMENT_FIELDS", "STAGE_COLUMNS", "WORD_FIELDS", "HallucinationRule",
-    "audio_summary", "count_words", "error_breakdown", "error_rows", "files_frame", "flag_hallucinations",
+    "audio_summary", "count_words", "coverage_summary", "error_breakdown", "error_rows", "files_frame", "flag_hallucinations",
     "folder_of", "language_stats", "load_table", "mark_hallucinations", "max_ngram_count", "open_dataset",
     "part_files", "segments_frame", "status_breakdown", "timing_summary", "wer_per_file", "wer_per_folder",
     "words_frame",

@@ -116,3 +116,25 @@ def timing_summary(files: pd.DataFrame) -> pd.DataFrame:
     out.insert(6, "share", out["total_s"] / total if total else np.nan)
     out.index.name = "stage"
     return out
+
+
+def coverage_summary(files: pd.DataFrame) -> pd.DataFrame:
+    """The engine's quality columns per transcribed file (schema 1.2; older rows have them null and are left out):
+    ``speech_s`` (VAD speech, s), ``covered_speech_s`` (of it, within 0.5 s of a word), ``uncovered_share``
+    (``1 - covered / speech``), ``n_uncovered`` (stretches still without words after the dropped-speech guard:
+    should be 0), ``redecoded_spans``, ``max_compression_ratio`` (> 2.4: repeated text, openai/whisper's
+    threshold) and ``words_outside_speech`` (words placed in silence), sorted worst first.
+
+    Returns:
+        one row per file with ``speech_s`` known, indexed by ``id``; empty when no row has it.
+    """
+    columns = ["speech_s", "covered_speech_s", "uncovered_spans", "redecoded_spans", "max_compression_ratio",
+               "words_outside_speech"]
+    if "speech_s" not in files or files["speech_s"].isna().all():
+        return pd.DataFrame(columns=["uncovered_share", "n_uncovered"] + columns)
+    out = files.loc[files["speech_s"].notna(), ["id"] + [c for c in columns if c in files]].set_index("id")
+    out["n_uncovered"] = [len(s) if s is not None else 0 for s in out.get("uncovered_spans", [None] * len(out))]
+    speech = out["speech_s"].where(out["speech_s"] > 0)
+    out["uncovered_share"] = (1 - out["covered_speech_s"] / speech).clip(lower=0).fillna(0.0)
+    return out.drop(columns=["uncovered_spans"], errors="ignore").sort_values(
+        ["n_uncovered", "uncovered_share"], ascending=False)

@@ -45,11 +45,15 @@ class RunSummary:
     max_error_rate: Optional[float] = None
     error_rate_exceeded: bool = False
     ray_logs: Optional[str] = None
+    uncovered: list[str] = field(default_factory=list)  # ids of rows with speech still without words
 
     def add(self, table: pa.Table, transcribed: bool = True) -> None:
         """Count the rows of a written table (``transcribed``: their audio counts towards ``audio_s``)."""
-        cols = table.select(["id", "status", "duration_s", "error_type", "error_message"]).to_pylist()
+        names = ["id", "status", "duration_s", "error_type", "error_message", "uncovered_spans"]
+        cols = table.select([n for n in names if n in table.column_names]).to_pylist()
         for row in cols:
+            if row.get("uncovered_spans"):
+                self.uncovered.append(row["id"])
             self.files += 1
             status = row["status"]
             if status == STATUS_OK:
@@ -84,6 +88,7 @@ class RunSummary:
             "taken_out": self.taken_out, "parts_set_aside": self.parts_set_aside, "output": self.output,
             "max_error_rate": self.max_error_rate, "error_rate_exceeded": self.error_rate_exceeded,
             "errors": self.errors, "parts": self.parts, "ray_logs": self.ray_logs,
+            "files_with_uncovered_speech": len(self.uncovered), "uncovered_ids": self.uncovered[:ERRORS_SHOWN],
         }
 
     def render(self) -> str:
@@ -91,7 +96,9 @@ class RunSummary:
         alarm, the first error rows and where Ray's own logs are."""
         taken = ", ".join(f"{n} {why}" for why, n in sorted(self.taken_out.items()))
         lines = [
-            f"run {self.run_id}: {self.files} files: {self.ok} ok, {self.empty} empty, {self.error} error",
+            f"run {self.run_id}: {self.files} files: {self.ok} ok, {self.empty} empty, {self.error} error; "
+            f"{len(self.uncovered)} with speech left without words"
+            + (f" (e.g. {self.uncovered[:3]}: see uncovered_spans)" if self.uncovered else ""),
             f"manifest {self.manifest_rows} rows: {self.kept} already done, {self.transcribed} transcribed, "
             f"{self.copied} copied from identical audio"
             + (f"; {sum(self.taken_out.values())} old rows set aside ({taken})" if self.taken_out else "")

@@ -70,3 +70,15 @@ def test_a_file_that_breaks_the_model_is_isolated(job_config, stage, monkeypatch
     assert out["jfk"]["status"] == "ok"
     assert out["jfk2"]["status"] == "error" and "simulated CUDA error" in out["jfk2"]["error_message"]
     assert out["jfk2"]["attempts"] == job_config.transcribe.max_retries_per_file + 1
+
+
+def test_vad_speech_travels_to_the_transcribe_stage(job_config, stage):
+    """The decode stage ships each chunk's VAD speech in the Ray row, so the transcribe stage's dropped-speech guard
+    and quality columns work in the job (without it both would be silently off)."""
+    chunked = DecodeChunkStage(job_config)([_row("jfk", JFK)])
+    runs = chunked.to_pylist()[0]["chunk_speech"]
+    assert runs and all(0 <= a < b for chunk in runs for a, b in chunk)
+    row = stage(chunked).to_pylist()[0]
+    assert row["status"] == "ok" and 5 < row["speech_s"] <= row["duration_s"]
+    assert row["covered_speech_s"] == pytest.approx(row["speech_s"], rel=0.1)
+    assert row["uncovered_spans"] == [] and row["schema_version"] == SCHEMA_VERSION
