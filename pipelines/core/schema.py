@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 #: Bumped on any change to :data:`TRANSCRIPT_SCHEMA` (major: a field removed or retyped; minor: a field added).
-SCHEMA_VERSION = "1.1"  # 1.1: duplicate_of
+SCHEMA_VERSION = "1.3"  # 1.1: duplicate_of; 1.3: speakers (speaker on segments and words, speakers, num_speakers, diarize_s)
 
 STATUS_OK = "ok"
 STATUS_EMPTY = "empty"
@@ -21,12 +21,14 @@ STATUS_ERROR = "error"
 
 @dataclass(frozen=True)
 class Word:
-    """One word with its time span (seconds) and the model's mean token probability (0..1)."""
+    """One word with its time span (seconds) and the model's mean token probability (0..1); ``speaker`` is the
+    diarized speaker with the most overlap (``SPEAKER_00``...), ``None`` without diarization."""
 
     word: str
     start: float
     end: float
     probability: float
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class Segment:
     """One decoded segment; ``start``/``end`` in seconds (chunk time inside the transcriber, file time after
     stitching). ``avg_logprob`` is the mean token log-probability of the chunk's decode, ``no_speech_prob`` the
     model's probability of no speech, ``temperature`` the one that produced it, ``compression_ratio`` the gzip
-    ratio of ``text`` (openai/whisper's hallucination signals)."""
+    ratio of ``text`` (openai/whisper's hallucination signals). ``speaker``: the diarized speaker with the most
+    overlap over the segment's span, ``None`` without diarization."""
 
     id: int
     start: float
@@ -45,6 +48,7 @@ class Segment:
     no_speech_prob: float
     temperature: float
     words: tuple[Word, ...] = ()
+    speaker: str | None = None
 
     def to_dict(self) -> dict:
         """The segment as plain dicts and lists (verbose_json shape)."""
@@ -73,6 +77,7 @@ WORD_TYPE = pa.struct(
         ("start", pa.float64()),
         ("end", pa.float64()),
         ("probability", pa.float64()),
+        ("speaker", pa.string()),
     ]
 )
 
@@ -87,8 +92,12 @@ SEGMENT_TYPE = pa.struct(
         ("no_speech_prob", pa.float64()),
         ("temperature", pa.float64()),
         ("words", pa.list_(WORD_TYPE)),
+        ("speaker", pa.string()),
     ]
 )
+
+#: One speaker of a file: its label and its speech seconds (the union of its turns).
+SPEAKER_TIME_TYPE = pa.struct([("speaker", pa.string()), ("speech_s", pa.float64())])
 
 #: One row per manifest row. Times are seconds; ``*_s`` timings are the wall time spent on this file per stage
 #: (the transcribe time of a batch is shared between its files in proportion to their audio duration).
@@ -122,6 +131,11 @@ TRANSCRIPT_SCHEMA = pa.schema(
         ("vad_s", pa.float64()),
         ("transcribe_s", pa.float64()),
         ("created_at", pa.timestamp("ms", tz="UTC")),
+        # 1.3: speakers (diarization.enabled; all null when it is off). Each speaker's speech seconds in order of
+        # first appearance, their count, and the diarization stage's wall time for this file.
+        ("speakers", pa.list_(SPEAKER_TIME_TYPE)),
+        ("num_speakers", pa.int32()),
+        ("diarize_s", pa.float64()),
     ],
     metadata={"raywhisper.schema_version": SCHEMA_VERSION},
 )
