@@ -231,16 +231,13 @@ def verbose_json(transcript: TranscriptLike, granularities: Sequence[str] = ("se
 
     Each segment is ``Segment.to_dict()``, the Parquet ``segments`` struct field for field (its ``words`` too);
     top-level ``words`` are every segment's words in order. Times are seconds of file time; ``duration`` is
-    rounded to the millisecond. With speakers (diarized), segments and words keep their ``speaker`` and the body
-    gets ``speakers`` (label and ``speech_s`` each) and ``num_speakers``; without, ``speaker`` keys are left out.
+    rounded to the millisecond. Segments and words carry ``speaker`` (null without diarization, as in the Parquet
+    struct); with speakers (diarized), the body also gets ``speakers`` (label and ``speech_s`` each) and
+    ``num_speakers``.
     """
     is_row = not isinstance(transcript, Transcript)
     segments = [plain(s) if isinstance(s, Mapping) else s.to_dict() for s in _segments(transcript)]
     diarized = has_speakers(transcript)
-    if not diarized:
-        segments = [{k: v for k, v in s.items() if k != "speaker"}
-                    | {"words": [{k: v for k, v in w.items() if k != "speaker"} for w in s.get("words") or ()]}
-                    for s in segments]
     duration = plain(_get(transcript, "duration_s"))
     duration = round(duration, 3) if duration is not None else None
     body: dict[str, Any] = {k: transcript.get(k) for k in ROW_IDENTITY} if is_row else {}
