@@ -6,6 +6,9 @@ between Arrow rows and the engine (:mod:`pipelines.core.engine`), which does the
 - :class:`DecodeChunkStage` (CPU): manifest rows -> bytes read through the :class:`~pipelines.io.storage.Storage`
   -> :func:`~pipelines.core.engine.prepare` -> one :data:`CHUNKED_SCHEMA` row per file (a
   :class:`~pipelines.core.engine.PreparedFile` in transport form).
+- :class:`DiarizeStage` (CPU, only with ``diarization.enabled``): chunked rows -> the file's audio rebuilt from its
+  chunks -> :func:`~pipelines.core.diarization.diarize_prepared` -> the same rows with ``speaker_turns`` and
+  ``diarize_s`` (the samples pass on untouched; a diarizer failure becomes the row's error).
 - :class:`TranscribeStage` (GPU or CPU): chunked rows -> :meth:`~pipelines.core.engine.Engine.transcribe_isolated`
   (the chunks of all files in a batch together, each file alone on failure) -> ``TRANSCRIPT_SCHEMA`` rows.
 - :class:`HashStage` (CPU, before the job plans what to do): manifest rows -> the SHA-256 of each file, the key
@@ -25,9 +28,11 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.config import JobConfig, config_fingerprint
+from pipelines.core.diarization import Diarization, Diarizer, SpeakerCount, diarize_prepared
 from pipelines.core.engine import Engine, Failure, FileSpec, InputLimits, PreparedFile, prepare
-from pipelines.core.errors import AudioDecodeError, InputNameError, SourceReadError, input_error
+from pipelines.core.errors import AudioDecodeError, DiarizationError, InputNameError, SourceReadError, input_error
 from pipelines.core.rows import Provenance, Source, TranscriptRow, rows_to_table
+from pipelines.core.speakers import SpeakerTurn
 from pipelines.core.transcriber import Transcriber
 from pipelines.io.storage import Storage, is_transient, resolve_storage
 
@@ -42,7 +47,13 @@ MANIFEST_FIELDS = [
     ("prompt", pa.string()),
     ("reference", pa.string()),
     ("line", pa.int64()),
+    ("num_speakers", pa.int32()),
+    ("min_speakers", pa.int32()),
+    ("max_speakers", pa.int32()),
 ]
+
+#: One speaker turn in transport (seconds of file time).
+TURN_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("speaker", pa.string())])
 
 #: Output of the decode stage: one row per file, its chunks as raw float32 little-endian bytes (16 kHz mono).
 CHUNKED_SCHEMA = pa.schema(
@@ -60,6 +71,9 @@ CHUNKED_SCHEMA = pa.schema(
         ("chunk_samples", pa.list_(pa.large_binary())),
         # per chunk, its VAD speech runs as [start, end] seconds of chunk time; null when the VAD did not run
         ("chunk_speech", pa.list_(pa.list_(pa.list_(pa.float64())))),
+        # filled by DiarizeStage (diarization.enabled); null when it is off
+        ("speaker_turns", pa.list_(TURN_TYPE)),
+        ("diarize_s", pa.float64()),
     ]
 )
 
@@ -109,7 +123,8 @@ def provenance(cfg: JobConfig, run_id: str) -> Provenance:
     """What the job's rows name as their producer: the model, its compute type, the config fingerprint
     (model, decoding, chunking) and the run id."""
     return Provenance(cfg.model.name, cfg.model.compute_type,
-                      config_fingerprint(cfg.model, cfg.decoding, cfg.chunking), run_id)
+                      config_fingerprint(cfg.model, cfg.decoding, cfg.chunking,
+                                         cfg.diarization.fingerprint_payload()), run_id)
 
 
 class DecodeChunkStage:
@@ -159,6 +174,56 @@ class DecodeChunkStage:
         return pa.Table.from_pylist([self.process(row) for row in _rows(batch)], schema=CHUNKED_SCHEMA)
 
 
+def speaker_count(cfg: JobConfig, row: dict) -> SpeakerCount:
+    """A row's speaker count: its own manifest counts when it has any, else the job's ``diarization`` ones."""
+    own = {k: row.get(k) for k in ("num_speakers", "min_speakers", "max_speakers") if row.get(k) is not None}
+    return SpeakerCount(**own) if own else cfg.diarization.count
+
+
+def diarization_of(row: dict) -> Optional[Diarization]:
+    """The :class:`~pipelines.core.diarization.Diarization` a chunked row carries (None: not diarized)."""
+    if row.get("speaker_turns") is None:
+        return None
+    turns = tuple(SpeakerTurn(t["start_s"], t["end_s"], t["speaker"]) for t in row["speaker_turns"])
+    return Diarization(turns, {}, {"total_s": row.get("diarize_s")})
+
+
+class DiarizeStage:
+    """Who spoke when in each file of a :data:`CHUNKED_SCHEMA` batch, with one
+    :class:`~pipelines.core.diarization.Diarizer` (loaded once per actor, about 2 s).
+
+    ``__call__`` returns the batch with ``speaker_turns`` and ``diarize_s`` filled for each row without an error;
+    the chunks pass on unchanged. A file the diarizer fails on gets ``error_type``/``error_message`` (a
+    ``DiarizationError`` row; it is not transcribed).
+
+    Raises (from ``__init__``):
+        DiarizationUnavailableError: the ``diarize`` extra is missing.
+    """
+
+    def __init__(self, cfg: JobConfig, diarizer: Optional[Diarizer] = None):
+        self.cfg = cfg
+        self.diarizer = diarizer or Diarizer(cfg.diarization.options)
+
+    def process(self, row: dict) -> dict:
+        """Diarize one chunked row (see the class doc); never raises for a bad file."""
+        if row.get("error_type"):
+            return row
+        t0 = time.perf_counter()
+        try:
+            result = diarize_prepared(self.diarizer, from_chunked_row(row), speaker_count(self.cfg, row))
+        except Exception as exc:  # noqa: BLE001 - one file's failure is its error row
+            if not isinstance(exc, DiarizationError):
+                log.exception("unexpected error diarizing %s", row.get("audio_filepath"))
+            message = str(exc) if isinstance(exc, DiarizationError) else f"{row['audio_filepath']}: {exc}"
+            return row | dict(error_type=type(exc).__name__, error_message=message,
+                              diarize_s=time.perf_counter() - t0, chunk_offsets_s=None, chunk_samples=None)
+        turns = [{"start_s": t.start_s, "end_s": t.end_s, "speaker": t.speaker} for t in result.turns]
+        return row | dict(speaker_turns=turns, diarize_s=result.timings_s["total_s"])
+
+    def __call__(self, batch) -> pa.Table:
+        return pa.Table.from_pylist([self.process(row) for row in _rows(batch)], schema=CHUNKED_SCHEMA)
+
+
 class TranscribeStage:
     """Transcribe a batch of chunked files with one :class:`~pipelines.core.engine.Engine` (its model loaded once
     per actor).
@@ -178,8 +243,9 @@ class TranscribeStage:
     @staticmethod
     def source_of(row: dict) -> Source:
         """The manifest facts of a chunked row that its output row carries."""
+        counts = tuple(row.get(k) for k in ("num_speakers", "min_speakers", "max_speakers"))
         return Source(row["id"], row["audio_filepath"], row.get("sha256"), row.get("reference"), row.get("language"),
-                      row.get("prompt"))
+                      row.get("prompt"), counts if any(v is not None for v in counts) else None)
 
     def __call__(self, batch) -> pa.Table:
         rows = _rows(batch)
@@ -194,9 +260,9 @@ class TranscribeStage:
             if row.get("error_type"):  # the decode stage's error: the file never reaches the model
                 out.append(TranscriptRow.failed(source, Failure(row["error_type"], row["error_message"]),
                                                 self.provenance, decode_s=row.get("decode_s"),
-                                                vad_s=row.get("vad_s")))
+                                                vad_s=row.get("vad_s"), diarize_s=row.get("diarize_s")))
             else:
-                out.append(TranscriptRow.transcribed(source, *next(results), self.provenance))
+                out.append(TranscriptRow.transcribed(source, *next(results), self.provenance, diarization_of(row)))
         return rows_to_table(out)
 
 

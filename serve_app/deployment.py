@@ -27,6 +27,7 @@ from ray import serve
 
 from pipelines.config import DecodingConfig, ServeConfig
 from pipelines.core.constants import SAMPLE_RATE
+from pipelines.core.diarization import Diarizer, diarize_prepared, with_speakers
 from pipelines.core.engine import Engine, FileSpec, Outcome, PreparedFile
 from pipelines.core.schema import Transcript
 from serve_app.metrics import ModelMetrics
@@ -54,15 +55,19 @@ class ModelServer:
         cfg: the Serve config (model, decoding).
         engine: an engine already made (tests); None loads ``cfg.model`` here.
         metrics: where batches are recorded (None: not recorded).
+        diarizer: a diarizer already loaded (tests); None loads one when ``cfg.diarization.enabled``.
 
     Raises (from ``__init__``):
         ModelLoadError: the model cannot be loaded.
+        DiarizationUnavailableError: diarization is enabled but the ``diarize`` extra is missing.
     """
 
-    def __init__(self, cfg: ServeConfig, engine: Optional[Engine] = None, metrics: Optional[ModelMetrics] = None):
+    def __init__(self, cfg: ServeConfig, engine: Optional[Engine] = None, metrics: Optional[ModelMetrics] = None,
+                 diarizer: Optional[Diarizer] = None):
         self.cfg = cfg
         t0 = time.perf_counter()
         self.engine = engine or Engine(cfg.model, cfg.decoding)
+        self.diarizer = diarizer or (Diarizer(cfg.diarization.options) if cfg.diarization.enabled else None)
         self.load_s = time.perf_counter() - t0
         self.metrics = metrics
         self.warmup_s = 0.0
@@ -81,7 +86,7 @@ class ModelServer:
         self.warmup_s = time.perf_counter() - t0
         self._calls_at_start = self.engine.transcriber.calls
 
-    def admit(self, job: TranscriptionJob) -> Optional[Transcript]:
+    def admit(self, job: TranscriptionJob) -> Union[Transcript, APIError, None]:
         """Check ``job`` before it queues: its transcript at once when it has no speech (no model call), else None.
 
         Raises:
@@ -94,8 +99,22 @@ class ModelServer:
                            param="language")
         if not job.num_chunks:
             (transcript,), _ = self.engine.transcribe([job.prepared], job.decoding)
-            return transcript
+            return self._speakers(job, transcript)
         return None
+
+    def _speakers(self, job: TranscriptionJob, transcript: Transcript) -> Union[Transcript, APIError]:
+        """``transcript`` with its speakers when ``job`` asks for them (:func:`diarize_prepared`, the job's own
+        call); a diarizer failure is a 500 ``diarization_failed`` with an ``error_id`` (the cause in the log)."""
+        if job.speakers is None:
+            return transcript
+        if self.diarizer is None:
+            return APIError(400, "speaker diarization is not enabled on this server", code="diarization_unavailable")
+        try:
+            return with_speakers(transcript, diarize_prepared(self.diarizer, job.prepared, job.speakers))
+        except Exception as exc:  # noqa: BLE001 - this request fails alone
+            error_id = uuid.uuid4().hex
+            log.error("error_id=%s request %s: diarization failed: %s", error_id, job.key, exc)
+            return APIError(500, "speaker diarization failed", code="diarization_failed", error_id=error_id)
 
     def run_batch(self, jobs: list[TranscriptionJob]) -> list[Union[Transcript, APIError]]:
         """Transcribe a batch (blocking): one :meth:`Engine.transcribe_isolated` call per decoding group; one result
@@ -110,7 +129,8 @@ class ModelServer:
         for decoding, members in groups.items():
             outcomes = self.engine.transcribe_isolated([jobs[i].prepared for i in members], decoding, RETRIES_ALONE)
             for i, outcome in zip(members, outcomes):
-                results[i] = self._result(outcome)
+                result = self._result(outcome)
+                results[i] = result if isinstance(result, APIError) else self._speakers(jobs[i], result)
         self.failures_in_a_row = self.failures_in_a_row + 1 if all(isinstance(r, APIError) for r in results) else 0
         self._count(jobs, self.engine.transcriber.calls - calls_before, time.perf_counter() - t0)
         return results  # type: ignore[return-value]
@@ -173,6 +193,8 @@ class TranscriberDeployment:
                 (a generic message and an ``error_id``; the failure is in this replica's log under that id).
         """
         done = self.server.admit(job)
+        if isinstance(done, BaseException):
+            raise done
         if done is not None:
             return done
         result = await self._batched(job)

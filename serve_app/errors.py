@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 #: The route whose failures the ingress metrics count.
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 #: The ``response_format`` values a metrics tag may take (anything else is "invalid").
-FORMAT_TAGS = ("json", "text", "srt", "vtt", "verbose_json")
+FORMAT_TAGS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 
 
 class TransportError(StarletteHTTPException):

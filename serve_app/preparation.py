@@ -54,15 +54,21 @@ def prepare_job(data: bytes, filename: str, request: TranscriptionRequest, cfg: 
     except AudioDecodeError as exc:
         raise APIError(400, f"the file is not audio that can be decoded: {exc}", code="invalid_audio",
                        param="file") from exc
-    return TranscriptionJob(prepared, effective_decoding(cfg.decoding, request), request.language)
+    return TranscriptionJob(prepared, effective_decoding(cfg.decoding, request), request.language,
+                            request.speaker_count if request.wants_speakers else None)
 
 
 def check_request(request: TranscriptionRequest, has_file: bool, cfg: ServeConfig) -> None:
     """The checks on a valid form that need the config: a served model name, and either a file or a ``url``.
 
     Raises:
-        APIError: 400 ``model_not_found``, ``invalid_value`` (both file and url), ``missing_required_parameter``.
+        APIError: 400 ``model_not_found``, ``invalid_value`` (both file and url), ``missing_required_parameter``,
+            ``diarization_unavailable`` (diarization asked for where ``diarization.enabled`` is off).
     """
+    if request.wants_speakers and not cfg.diarization.enabled:
+        param = "response_format" if request.response_format == "diarized_json" else "diarize"
+        raise APIError(400, "speaker diarization is not enabled on this server (diarization.enabled in its config)",
+                       code="diarization_unavailable", param=param)
     served = (cfg.model.name, *cfg.http.model_aliases)
     if request.model not in served:
         raise APIError(400, f"model {request.model!r} is not served here; use one of {list(served)}",

@@ -1,7 +1,9 @@
 """The ingress routes (OpenAI-compatible under ``/v1``; docs/serving.md):
 
 - ``POST /v1/audio/transcriptions``: multipart ``file`` plus ``model``, ``language``, ``prompt``, ``temperature``,
-  ``response_format`` (json | text | srt | vtt | verbose_json), ``timestamp_granularities[]`` (segment | word);
+  ``response_format`` (json | text | srt | vtt | verbose_json | diarized_json), ``timestamp_granularities[]``
+  (segment | word), ``diarize``, ``num_speakers``, ``min_speakers``, ``max_speakers`` (speaker diarization,
+  where the server enables it);
   or, instead of ``file``, a ``url`` (``s3://``, ``file://``) where ``http.url_input`` allows it
   (:mod:`serve_app.url_input`).
 - ``GET /v1/models``: the served model names.
@@ -31,7 +33,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, Response
 
 from pipelines.config import ServeConfig
-from pipelines.core.export import MEDIA_TYPES, export_text, to_json, verbose_json
+from pipelines.core.export import MEDIA_TYPES, diarized_json, export_text, to_json, verbose_json
 from pipelines.core.schema import Transcript
 from pipelines.io.storage import Storage
 from serve_app.errors import TRANSCRIPTIONS_PATH, error_response, format_tag, model_error, server_error
@@ -86,6 +88,8 @@ def render(transcript: Transcript, request: TranscriptionRequest, task: str) -> 
         return JSONResponse(to_json(transcript))
     if fmt == "verbose_json":
         return JSONResponse(verbose_json(transcript, request.timestamp_granularities, task))
+    if fmt == "diarized_json":
+        return JSONResponse(diarized_json(transcript))
     return Response(export_text(transcript, fmt), media_type=MEDIA_TYPES[fmt])
 
 

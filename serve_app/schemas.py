@@ -25,9 +25,10 @@ from pydantic import (
 
 from pipelines.config import DecodingConfig
 from pipelines.core.constants import SAMPLE_RATE
+from pipelines.core.diarization import SpeakerCount
 from pipelines.core.engine import LANGUAGE_CODES, PreparedFile
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
 Granularity = Literal["segment", "word"]
 
 
@@ -109,7 +110,15 @@ class TranscriptionRequest(BaseModel):
         description="0: the config's fallback schedule (start at 0, raise it when a decode fails the quality "
                     "tests, as OpenAI describes); above 0: sample at this temperature only.",
     )
-    response_format: ResponseFormat = Field("json", description="json, text, srt, vtt or verbose_json.")
+    response_format: ResponseFormat = Field("json", description=(
+        "json, text, srt, vtt, verbose_json or diarized_json (OpenAI's: segments with speaker; implies diarize)."))
+    diarize: bool = Field(False, description=(
+        "raywhisper's extension: diarize (who spoke when) with any response_format: speaker on verbose_json's "
+        "segments and words and a speakers list, speaker prefixes in srt/text, voice tags in vtt. Needs "
+        "diarization.enabled in the server's config."))
+    num_speakers: Optional[int] = Field(None, ge=1, le=32, description="With diarization: the exact speaker count.")
+    min_speakers: Optional[int] = Field(None, ge=1, le=32, description="With diarization: at least this many.")
+    max_speakers: Optional[int] = Field(None, ge=1, le=32, description="With diarization: at most this many.")
     timestamp_granularities: tuple[Granularity, ...] = Field(
         ("segment",), alias="timestamp_granularities[]",
         validation_alias=AliasChoices("timestamp_granularities[]", "timestamp_granularities"),
@@ -146,6 +155,26 @@ class TranscriptionRequest(BaseModel):
         if "word" in self.timestamp_granularities and self.response_format != "verbose_json":
             raise ValueError("timestamp_granularities=word needs response_format=verbose_json")
         return self
+
+    @model_validator(mode="after")
+    def _speaker_counts(self) -> "TranscriptionRequest":
+        self.speaker_count  # num_speakers or min/max, min <= max
+        return self
+
+    @property
+    def wants_speakers(self) -> bool:
+        """Whether the request asks for diarization (``diarize`` or ``response_format=diarized_json``)."""
+        return self.diarize or self.response_format == "diarized_json"
+
+    @property
+    def speaker_count(self) -> SpeakerCount:
+        """The request's speaker count hint.
+
+        Raises:
+            ValueError: inconsistent counts (a 400 through the form's validation).
+        """
+        return SpeakerCount(num_speakers=self.num_speakers, min_speakers=self.min_speakers,
+                            max_speakers=self.max_speakers)
 
     @model_validator(mode="before")
     @classmethod
@@ -200,7 +229,8 @@ def request_error(errors: list[dict]) -> APIError:
 
 
 def effective_decoding(base: DecodingConfig, request: TranscriptionRequest) -> DecodingConfig:
-    """The config's decoding options with the request's ``temperature`` and word granularity applied.
+    """The config's decoding options with the request's ``temperature`` and word granularity applied (word
+    timestamps also for diarization: speakers are assigned word by word).
 
     ``language`` and ``prompt`` travel with the prepared file (:class:`~pipelines.core.engine.FileSpec`) instead,
     so requests differing only in those still share a model call.
@@ -208,7 +238,7 @@ def effective_decoding(base: DecodingConfig, request: TranscriptionRequest) -> D
     update: dict[str, Any] = {}
     if request.temperature > 0:
         update["temperatures"] = (request.temperature,)
-    if "word" in request.timestamp_granularities and not base.word_timestamps:
+    if ("word" in request.timestamp_granularities or request.wants_speakers) and not base.word_timestamps:
         update["word_timestamps"] = True
     if not update:
         return base
@@ -225,6 +255,7 @@ class TranscriptionJob:
     prepared: PreparedFile
     decoding: DecodingConfig
     language: Optional[str] = None
+    speakers: Optional[SpeakerCount] = None  # diarize with this count hint; None: no diarization
 
     @property
     def key(self) -> str:

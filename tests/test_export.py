@@ -90,7 +90,7 @@ def test_txt_and_json(output_dir, rows, tmp_path, capsys):
     assert doc["id"] == "jfk/jfk.flac" and doc["status"] == "ok" and doc["language"] == "en"
     assert doc["duration"] == pytest.approx(11.0, abs=0.01)
     assert doc["segments"] == rows["jfk/jfk.flac"]["segments"]
-    assert doc["segments"][0]["words"][0].keys() == {"word", "start", "end", "probability"}
+    assert doc["segments"][0]["words"][0].keys() == {"word", "start", "end", "probability", "speaker"}  # 1.3
     endpoint_fields = set(verbose_json(rows["jfk/jfk.flac"])) - {"id", "audio_filepath", "status"}
     assert endpoint_fields <= set(doc)  # the endpoint's verbose_json fields, rendered by the same function
     silent = json.loads((js / f"{safe_filename(SILENT_ID)}.json").read_text())

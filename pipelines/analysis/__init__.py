@@ -16,7 +16,7 @@ depend on whether word timestamps were on.
 Nothing here starts Ray or touches MLflow (see :mod:`pipelines.bench_runs` for the benchmark runs).
 
 The functions live in :mod:`~pipelines.analysis.load` (reading the output), :mod:`~pipelines.analysis.frames`
-(the three tables), :mod:`~pipelines.analysis.summaries`, :mod:`~pipelines.analysis.scoring` (WER) and
+(the three tables), :mod:`~pipelines.analysis.speakers` (talk time, speaker timeline), :mod:`~pipelines.analysis.summaries`, :mod:`~pipelines.analysis.scoring` (WER) and
 :mod:`~pipelines.analysis.hallucinations`; all are importable from here, as the notebooks do. See docs/analysis.md.
 """
 
@@ -37,6 +37,7 @@ from pipelines.analysis.hallucinations import (
 )
 from pipelines.analysis.load import load_table, open_dataset, part_files
 from pipelines.analysis.scoring import wer_per_file, wer_per_folder
+from pipelines.analysis.speakers import TALK_TIME_COLUMNS, TIMELINE_COLUMNS, speaker_timeline, talk_time
 from pipelines.analysis.summaries import (
     STAGE_COLUMNS,
     audio_summary,
@@ -53,5 +54,5 @@ __all__ = [
     "audio_summary", "count_words", "coverage_summary", "error_breakdown", "error_rows", "files_frame", "flag_hallucinations",
     "folder_of", "language_stats", "load_table", "mark_hallucinations", "max_ngram_count", "open_dataset",
     "part_files", "segments_frame", "status_breakdown", "timing_summary", "wer_per_file", "wer_per_folder",
-    "words_frame",
+    "words_frame", "TALK_TIME_COLUMNS", "TIMELINE_COLUMNS", "speaker_timeline", "talk_time",
 ]

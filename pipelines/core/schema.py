@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from pipelines.core.coverage import Quality
 
 #: Bumped on any change to :data:`TRANSCRIPT_SCHEMA` (major: a field removed or retyped; minor: a field added).
-SCHEMA_VERSION = "1.2"  # 1.1: duplicate_of; 1.2: the quality columns (speech_s ... words_outside_speech)
+SCHEMA_VERSION = "1.3"  # 1.1: duplicate_of; 1.2: the quality columns (speech_s ... words_outside_speech); 1.3: speakers
 
 STATUS_OK = "ok"
 STATUS_EMPTY = "empty"
@@ -25,12 +25,14 @@ STATUS_ERROR = "error"
 
 @dataclass(frozen=True)
 class Word:
-    """One word with its time span (seconds) and the model's mean token probability (0..1)."""
+    """One word with its time span (seconds) and the model's mean token probability (0..1); ``speaker`` is the
+    diarized speaker with the most overlap (``SPEAKER_00``...), ``None`` without diarization."""
 
     word: str
     start: float
     end: float
     probability: float
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class Segment:
     """One decoded segment; ``start``/``end`` in seconds (chunk time inside the transcriber, file time after
     stitching). ``avg_logprob`` is the mean token log-probability of the chunk's decode, ``no_speech_prob`` the
     model's probability of no speech, ``temperature`` the one that produced it, ``compression_ratio`` the gzip
-    ratio of ``text`` (openai/whisper's hallucination signals)."""
+    ratio of ``text`` (openai/whisper's hallucination signals). ``speaker``: the diarized speaker with the most
+    overlap over the segment's span, ``None`` without diarization."""
 
     id: int
     start: float
@@ -49,6 +52,7 @@ class Segment:
     no_speech_prob: float
     temperature: float
     words: tuple[Word, ...] = ()
+    speaker: str | None = None
 
     def to_dict(self) -> dict:
         """The segment as plain dicts and lists (verbose_json shape)."""
@@ -59,7 +63,9 @@ class Segment:
 class Transcript:
     """One file's transcript: the segments in file time, in order, and the language that decoded it; ``quality``
     holds the coverage and hallucination measures (:class:`~pipelines.core.coverage.Quality`) when the engine
-    computed them."""
+    computed them. ``speakers``: with diarization, each speaker's label and speech seconds in order of first
+    appearance (:class:`~pipelines.core.speakers.SpeakerTime`; the segments and words then carry ``speaker``);
+    None without."""
 
     text: str
     language: str | None
@@ -67,6 +73,7 @@ class Transcript:
     duration_s: float
     segments: tuple[Segment, ...] = field(default_factory=tuple)
     quality: Optional["Quality"] = None
+    speakers: tuple | None = None
 
     @property
     def status(self) -> str:
@@ -80,6 +87,7 @@ WORD_TYPE = pa.struct(
         ("start", pa.float64()),
         ("end", pa.float64()),
         ("probability", pa.float64()),
+        ("speaker", pa.string()),
     ]
 )
 
@@ -94,10 +102,13 @@ SEGMENT_TYPE = pa.struct(
         ("no_speech_prob", pa.float64()),
         ("temperature", pa.float64()),
         ("words", pa.list_(WORD_TYPE)),
+        ("speaker", pa.string()),
     ]
 )
 
 SPAN_TYPE = pa.struct([("start", pa.float64()), ("end", pa.float64())])
+#: One speaker of a file: its label and its speech seconds (the union of its turns).
+SPEAKER_TIME_TYPE = pa.struct([("speaker", pa.string()), ("speech_s", pa.float64())])
 
 #: One row per manifest row. Times are seconds; ``*_s`` timings are the wall time spent on this file per stage
 #: (the transcribe time of a batch is shared between its files in proportion to their audio duration).
@@ -141,6 +152,11 @@ TRANSCRIPT_SCHEMA = pa.schema(
         ("vad_s", pa.float64()),
         ("transcribe_s", pa.float64()),
         ("created_at", pa.timestamp("ms", tz="UTC")),
+        # 1.3: speakers (diarization.enabled; all null when it is off). Each speaker's speech seconds in order of
+        # first appearance, their count, and the diarization stage's wall time for this file.
+        ("speakers", pa.list_(SPEAKER_TIME_TYPE)),
+        ("num_speakers", pa.int32()),
+        ("diarize_s", pa.float64()),
     ],
     metadata={"raywhisper.schema_version": SCHEMA_VERSION},
 )

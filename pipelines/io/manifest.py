@@ -47,6 +47,15 @@ class ManifestRow:
     reference: Optional[str] = None
     line: int = 0
     error: Optional[str] = None
+    num_speakers: Optional[int] = None
+    min_speakers: Optional[int] = None
+    max_speakers: Optional[int] = None
+
+    @property
+    def speaker_counts(self) -> Optional[tuple]:
+        """``(num_speakers, min_speakers, max_speakers)`` when any is given, else None."""
+        counts = (self.num_speakers, self.min_speakers, self.max_speakers)
+        return counts if any(v is not None for v in counts) else None
 
     def to_dict(self) -> dict:
         """Plain dict (for building a Ray dataset)."""
@@ -140,6 +149,10 @@ def _local(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+#: Optional per-row diarization hints (see :class:`~pipelines.core.diarization.SpeakerCount`).
+SPEAKER_COUNT_KEYS = ("num_speakers", "min_speakers", "max_speakers")
+
+
 def _str_or_none(value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -168,7 +181,33 @@ def _row(record: Any, where: str, line: int, base_dir: str) -> ManifestRow:
         prompt=_str_or_none(record.get("prompt")),
         reference=reference,
         line=line,
+        **_speaker_counts(record, where, line),
     )
+
+
+def _speaker_counts(record: dict, where: str, line: int) -> dict:
+    """The row's optional ``num_speakers`` / ``min_speakers`` / ``max_speakers`` (diarization hints), validated as
+    :class:`~pipelines.core.diarization.SpeakerCount` (integers 1-32; ``num_speakers`` or min/max, min <= max).
+
+    Raises:
+        ManifestError: a count that is not such an integer, or inconsistent counts (the message names the line).
+    """
+    from pydantic import ValidationError
+
+    from pipelines.core.diarization import SpeakerCount
+
+    given = {k: record.get(k) for k in SPEAKER_COUNT_KEYS if record.get(k) is not None}
+    if not given:
+        return {}
+    bad = [k for k, v in given.items() if isinstance(v, bool) or not isinstance(v, int)]
+    if bad:
+        raise ManifestError(f"{where}, line {line}: {bad[0]} must be an integer, got {given[bad[0]]!r}")
+    try:
+        SpeakerCount(**given)
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"] for e in exc.errors())
+        raise ManifestError(f"{where}, line {line}: bad speaker counts {given}: {reason}") from exc
+    return given
 
 
 def _records(uri: str, storage_options: dict) -> list[tuple[int, Any]]:

@@ -169,7 +169,7 @@ def plan_run(rows: Sequence[ManifestRow], hashes: Mapping[str, Optional[str]], d
     primaries: dict[tuple[str, str], str] = {}
     for row in rows:
         sha = hashes.get(row.id)
-        fingerprint = row_fingerprint(job_fingerprint, row.language, row.prompt)
+        fingerprint = row_fingerprint(job_fingerprint, row.language, row.prompt, row.speaker_counts)
         olds = by_id.get(row.id, [])
         keeper = next((old for old in olds  # best first
                        if old.sha256 == sha and old.config_fingerprint == fingerprint

@@ -65,7 +65,7 @@ def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str, stor
     import ray
     from ray.data import ActorPoolStrategy
 
-    from pipelines.stages import DecodeChunkStage, TranscribeStage
+    from pipelines.stages import DecodeChunkStage, DiarizeStage, TranscribeStage
 
     blocks = max(1, math.ceil(len(rows) / cfg.decode.files_per_batch))
     ds = ray.data.from_items([r.to_dict() for r in rows], override_num_blocks=min(blocks, len(rows)))
@@ -82,6 +82,18 @@ def build_dataset(cfg: JobConfig, rows: Sequence[ManifestRow], run_id: str, stor
         max_restarts=-1,
         max_task_retries=cfg.decode.max_task_retries,
     )
+    dz = cfg.diarization
+    if dz.enabled:  # a CPU pool of its own between decode and transcribe (docs/diarization.md)
+        ds = ds.map_batches(
+            DiarizeStage,
+            fn_constructor_args=(cfg,),
+            batch_size=dz.files_per_batch,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=dz.concurrency),
+            num_cpus=dz.num_cpus,
+            max_restarts=-1,
+            max_task_retries=dz.max_task_retries,
+        )
     ts = cfg.transcribe
     return ds.map_batches(
         transcribe_stage or TranscribeStage,
@@ -150,6 +162,7 @@ def transcribe_rows(cfg: JobConfig, rows: list[ManifestRow], run_id: str, sink: 
     isolated = cfg.model_copy(update={
         "decode": cfg.decode.model_copy(update={"files_per_batch": 1}),
         "transcribe": cfg.transcribe.model_copy(update={"files_per_batch": 1}),
+        "diarization": cfg.diarization.model_copy(update={"files_per_batch": 1}),
     })
     left = rows
     for attempt, pass_cfg in enumerate((cfg, isolated)):

@@ -15,6 +15,8 @@ step.
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import logging
 import time
@@ -84,7 +86,8 @@ def run_job(cfg: JobConfig, manifest: str, output: str, run_id: Optional[str] = 
     """
     t0 = time.perf_counter()
     storage = resolve_storage(cfg.storage)
-    rows = read_manifest(manifest, storage.options_for(manifest))
+    rows = with_speaker_counts(cfg, read_manifest(manifest, storage.options_for(manifest)))
+    check_diarizer(cfg)  # diarization on without the 'diarize' extra stops here, before any work
     check_output(output, storage)  # a missing bucket or a read-only output stops here, before any work
     run_id = run_id or new_run_id()
     lock = OutputLock(output, run_id, storage.options_for(output), stale_s=cfg.output.lock_stale_s,
@@ -109,7 +112,8 @@ class _Run:
         self.storage, self.lock, self.t0, self.overwrite = storage, lock, t0, overwrite
         self.retry_errors, self.transcribe_stage = retry_errors, transcribe_stage
         self.summary = RunSummary(run_id, manifest_rows=len(rows), max_error_rate=cfg.guards.max_error_rate)
-        self.fingerprint = config_fingerprint(cfg.model, cfg.decoding, cfg.chunking)
+        self.fingerprint = config_fingerprint(cfg.model, cfg.decoding, cfg.chunking,
+                                         cfg.diarization.fingerprint_payload())
         self.hashes: dict[str, Optional[str]] = {}
         self.out_options = storage.options_for(output)
         self.folder = OutputFolder(output, self.out_options, storage.retry)
@@ -230,6 +234,28 @@ class _Run:
             error.summary = self.summary
             raise error
         return self.summary
+
+
+def with_speaker_counts(cfg: JobConfig, rows: list[ManifestRow]) -> list[ManifestRow]:
+    """The manifest rows with their speaker counts where diarization is on; with it off the counts are dropped, so
+    they change neither the work nor the rows' fingerprints."""
+    if cfg.diarization.enabled:
+        return rows
+    return [dataclasses.replace(r, num_speakers=None, min_speakers=None, max_speakers=None)
+            if r.speaker_counts else r for r in rows]
+
+
+def check_diarizer(cfg: JobConfig) -> None:
+    """With ``diarization.enabled``, load the diarizer once in the driver (about 2 s).
+
+    Raises:
+        DiarizationUnavailableError: the ``diarize`` extra is missing or its models do not load (a ConfigError:
+            exit code 2, nothing done).
+    """
+    if cfg.diarization.enabled:
+        from pipelines.core.diarization import Diarizer
+
+        Diarizer(cfg.diarization.options)
 
 
 def check_folder(folder: OutputFolder, rows: Sequence[ManifestRow], summary: RunSummary) -> FolderState:

@@ -25,7 +25,7 @@ PROGRESS_EVERY_S = 30.0
 
 def manifest_source(row: ManifestRow, sha256: Optional[str] = None) -> Source:
     """The :class:`~pipelines.core.rows.Source` of a manifest row (``sha256``: its file's hash, if known)."""
-    return Source(row.id, row.audio_filepath, sha256, row.reference, row.language, row.prompt)
+    return Source(row.id, row.audio_filepath, sha256, row.reference, row.language, row.prompt, row.speaker_counts)
 
 
 class Sink:
