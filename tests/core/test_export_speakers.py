@@ -23,7 +23,7 @@ def _transcript(diarized: bool) -> Transcript:
                    (_w(" a", 3.2, 3.5, s1), _w(" <b>", 3.5, 4.0, s1), _w(" &", 4.0, 4.2, s1), _w(" c", 4.2, 5.0, s1)),
                    s1)
     speakers = (SpeakerTime("SPEAKER_00", 1.0), SpeakerTime("SPEAKER_01", 2.8)) if diarized else None
-    return Transcript("Hello there. Hi a <b> & c", "en", 1.0, 5.0, (seg1, seg2), speakers)
+    return Transcript("Hello there. Hi a <b> & c", "en", 1.0, 5.0, (seg1, seg2), speakers=speakers)
 
 
 def test_srt_vtt_text_carry_speakers_cut_at_word_boundaries():
