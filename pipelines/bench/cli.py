@@ -3,6 +3,10 @@
 The command line of ``python -m pipelines.bench`` (see :mod:`pipelines.bench` for what it runs): the parent runs
 each system in a child process (the hidden ``--_child SYSTEM`` mode), scores it, logs it to MLflow and prints the
 side-by-side table.
+
+``--device cuda`` (or ``cpu``) sets every system's model device and its compute type (:func:`device_overrides`);
+with ``cuda`` the Ray job gives way to the in-process engine (:func:`in_process`: one GPU, no Ray), and the run
+is refused (exit 2) when CTranslate2 sees no CUDA device.
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pipelines.bench.config import SYSTEMS, BenchConfig, load_bench_config, manifest_rows, prepare_manifest
+from pipelines.bench.config import (
+    SYSTEMS,
+    BenchConfig,
+    device_overrides,
+    in_process,
+    load_bench_config,
+    manifest_rows,
+    prepare_manifest,
+)
+from pipelines.bench.gpu import nvml_reader
 from pipelines.bench.report import log_to_mlflow, render_table, score
 from pipelines.bench.systems import run_system, run_system_in_child
 from pipelines.core.errors import ConfigError
@@ -29,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--systems", default=None, help="comma-separated systems (default: the config's)")
     parser.add_argument("--limit", type=int, default=None, help="first N manifest rows only")
     parser.add_argument("--repeat", type=int, default=None, help="repeat the manifest K times under new ids")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="model device of every system (cuda: float16 unless --set job.model.compute_type=..., "
+                        "and the in-process engine instead of the Ray job; cpu: int8 unless set). Default: the "
+                        "config's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a bench config field, e.g. --set job.model.batch_size=16")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -49,6 +66,10 @@ def _child(system: str, cfg: BenchConfig, manifest: Path, out_dir: Path) -> int:
 def _run_all(args: argparse.Namespace, cfg: BenchConfig, out_dir: Path) -> int:
     """The parent: each system in its own child process, scored, then logged to MLflow and printed side by side."""
     systems = tuple(args.systems.split(",")) if args.systems else cfg.systems
+    if args.device == "cuda" and "raywhisper" in systems:
+        systems = in_process(systems)
+        print("note: --device cuda runs raywhisper-engine (the engine in this process, one GPU) instead of the "
+              "Ray job", flush=True)
     unknown = set(systems) - set(SYSTEMS)
     source = args.manifest or cfg.manifest
     if unknown or not source:
@@ -58,12 +79,19 @@ def _run_all(args: argparse.Namespace, cfg: BenchConfig, out_dir: Path) -> int:
     manifest = prepare_manifest(source, out_dir, args.limit or cfg.limit, args.repeat or cfg.repeat)
     rows = manifest_rows(manifest)
     results, all_metrics = {}, {}
-    for system in systems:
-        print(f"== {system}: {len(rows)} files", flush=True)
-        results[system] = run_system_in_child(system, args.config, args.overrides, manifest, out_dir)
-        all_metrics[system] = score(rows, results[system])
-        print(f"   wall {all_metrics[system]['wall_s']:.1f} s, {all_metrics[system]['x_real_time']:.1f}x real time, "
-              f"WER {100 * all_metrics[system].get('wer', float('nan')):.1f}%", flush=True)
+    gpu, why = nvml_reader()
+    print(f"GPU: {gpu.name}, sampled every 0.2 s" if gpu else f"GPU: not sampled, {why}", flush=True)
+    try:
+        for system in systems:
+            print(f"== {system}: {len(rows)} files", flush=True)
+            results[system] = run_system_in_child(system, args.config, args.overrides, manifest, out_dir, gpu)
+            all_metrics[system] = m = score(rows, results[system])
+            print(f"   wall {m['wall_s']:.1f} s, {m['x_real_time']:.1f}x real time, "
+                  f"WER {100 * m.get('wer', float('nan')):.1f}%"
+                  + (f", GPU {m['gpu_util_mean_pct']:.1f}% mean" if "gpu_util_mean_pct" in m else ""), flush=True)
+    finally:
+        if gpu is not None:
+            gpu.close()
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out_dir / 'mlflow.db'}"
     run_ids = log_to_mlflow(cfg, tracking_uri, rows, results, all_metrics, out_dir)
     print(render_table(all_metrics))
@@ -72,9 +100,20 @@ def _run_all(args: argparse.Namespace, cfg: BenchConfig, out_dir: Path) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m pipelines.bench``; returns the exit code (2: bad config, unknown system or no manifest)."""
+    """``python -m pipelines.bench``; returns the exit code (2: bad config, unknown system, no manifest, or
+    ``--device cuda`` where CTranslate2 sees no CUDA device)."""
     args = _parser().parse_args(argv)
     out_dir = Path(args.output).resolve()
+    args.overrides = device_overrides(args.device, args.overrides)  # the children get them as --set
+    if args.device == "cuda" and not args._child:
+        from pipelines.core.whisper import cuda_device_count
+
+        if cuda_device_count() < 1:
+            print("error: --device cuda, but CTranslate2 sees no CUDA device here (ctranslate2."
+                  "get_cuda_device_count() is 0): check the NVIDIA driver, CUDA_VISIBLE_DEVICES and the CUDA 12 / "
+                  "cuDNN 9 libraries (scripts/gpu_bench.sh installs them); or run with --device cpu",
+                  file=sys.stderr)
+            return 2
     try:
         cfg = load_bench_config(args.config, args.overrides)
     except ConfigError as exc:

@@ -12,8 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipelines.config import JobConfig, apply_overrides, load_tree
 from pipelines.core.errors import ConfigError
 
-SYSTEMS = ("raywhisper", "faster-whisper-sequential", "faster-whisper-batched")
-SystemName = Literal["raywhisper", "faster-whisper-sequential", "faster-whisper-batched"]
+SYSTEMS = ("raywhisper", "raywhisper-engine", "faster-whisper-sequential", "faster-whisper-batched")
+SystemName = Literal["raywhisper", "raywhisper-engine", "faster-whisper-sequential", "faster-whisper-batched"]
+
+#: The compute type ``--device`` picks unless ``--set job.model.compute_type=...`` is given: float16 on a GPU
+#: (what the issue-16 H200 measurements ran), int8 on CPU (configs/bench/dev.yaml's).
+DEVICE_COMPUTE_TYPES = {"cuda": "float16", "cpu": "int8"}
 
 
 class BenchConfig(BaseModel):
@@ -26,6 +30,12 @@ class BenchConfig(BaseModel):
     limit: Optional[int] = Field(None, ge=1, description="Use only the first N manifest rows.")
     repeat: int = Field(1, ge=1, description="Repeat the manifest K times under new ids (a corpus K times as long).")
     baseline_batch_size: int = Field(8, ge=1, description="batch_size of faster-whisper-batched.")
+    engine_prepare_threads: Optional[int] = Field(
+        None, ge=1, description="Threads of raywhisper-engine that read, decode and VAD-chunk files while the "
+        "model transcribes (None: job.decode.concurrency, the job's decode actors).")
+    engine_prefetch_groups: int = Field(
+        1, ge=1, description="Groups of job.transcribe.files_per_batch files raywhisper-engine prepares ahead of "
+        "the group being transcribed (the decoded audio of this many groups plus one is held at once).")
     baseline_beam_size: Optional[int] = Field(
         None, ge=1, description="beam_size of both faster-whisper baselines (None: the job's decoding.beam_size). "
         "The job's beam is one of its tuning knobs; the baselines stay what a plain faster-whisper user runs, and "
@@ -48,6 +58,34 @@ def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> Ben
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid bench config ({path}): {fields}") from exc
+
+
+def device_overrides(device: Optional[str], overrides: Sequence[str]) -> list[str]:
+    """``overrides`` plus what ``--device`` sets: ``job.model.device``, ``job.model.require_cuda`` (cuda: a model
+    that cannot see the GPU fails instead of running on CPU) and, unless ``overrides`` already set it,
+    ``job.model.compute_type`` from :data:`DEVICE_COMPUTE_TYPES`. No ``device``: ``overrides`` unchanged."""
+    if device is None:
+        return list(overrides)
+    extra = [f"job.model.device={device}", f"job.model.require_cuda={'true' if device == 'cuda' else 'false'}"]
+    if not any(item.split("=", 1)[0].strip() == "job.model.compute_type" for item in overrides):
+        extra.insert(1, f"job.model.compute_type={DEVICE_COMPUTE_TYPES[device]}")
+    return [*overrides, *extra]
+
+
+def in_process(systems: Sequence[str]) -> tuple[str, ...]:
+    """``systems`` with the Ray job (``raywhisper``) replaced by the in-process engine (``raywhisper-engine``), each
+    once, in order: what a ``--device cuda`` run measures (one GPU, no Ray)."""
+    out: list[str] = []
+    for name in systems:
+        name = "raywhisper-engine" if name == "raywhisper" else name
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def engine_prepare_threads(cfg: BenchConfig) -> int:
+    """Prepare threads of ``raywhisper-engine``: ``engine_prepare_threads``, else the job's decode actors."""
+    return cfg.engine_prepare_threads or cfg.job.decode.concurrency
 
 
 def baseline_cpu_threads(cfg: BenchConfig) -> int:

@@ -1,19 +1,21 @@
 """Reporting a benchmark: each system's metrics against the manifest's references (:func:`score`), one MLflow run
 per system (:func:`log_to_mlflow`: params, metrics, the per-file results, a plot, the bench config with credentials
-masked) and a side-by-side table (:func:`render_table`)."""
+masked) and a side-by-side table (:func:`render_table`; GPU columns when a GPU was sampled)."""
 
 from __future__ import annotations
 
 import csv
 import subprocess
 from pathlib import Path
+from typing import Optional
 
-from pipelines.bench.config import BenchConfig, baseline_beam_size, baseline_cpu_threads
+from pipelines.bench.config import BenchConfig, baseline_beam_size, baseline_cpu_threads, engine_prepare_threads
 from pipelines.redact import scrub
 
 
 def score(rows: list[dict], result: dict) -> dict:
-    """Metrics of one system's result against the manifest's references (WER: Whisper normaliser + jiwer)."""
+    """Metrics of one system's result against the manifest's references (WER: Whisper normaliser + jiwer), plus
+    the GPU's (``gpu_util_mean_pct``, ``gpu_util_peak_pct``, ``gpu_mem_peak_mb``) when it was sampled."""
     from pipelines.core.wer import word_error_rate
 
     by_id = {r["id"]: r for r in result["results"]}
@@ -37,7 +39,7 @@ def score(rows: list[dict], result: dict) -> dict:
             part = [r for r in scored if r.get("subset") == subset]
             metrics[f"wer_{subset}"] = word_error_rate([r["text"] for r in part],
                                                        [by_id.get(r["id"], {}).get("text") or "" for r in part])
-    return metrics
+    return metrics | result.get("gpu_metrics", {})
 
 
 def _versions() -> dict:
@@ -72,6 +74,12 @@ def system_params(system: str, cfg: BenchConfig, n_files: int) -> dict:
                       num_workers=job.model.num_workers,
                       num_gpus_per_actor=job.transcribe.num_gpus, pack_short_chunks=job.decoding.pack_short_chunks,
                       word_timestamps=job.decoding.word_timestamps)
+    elif system == "raywhisper-engine":
+        params.update(beam_size=job.decoding.beam_size, cpu_threads=job.model.cpu_threads,
+                      batch_size=job.model.batch_size, files_per_batch=job.transcribe.files_per_batch,
+                      actors=1, prepare_threads=engine_prepare_threads(cfg),
+                      prefetch_groups=cfg.engine_prefetch_groups, num_workers=job.model.num_workers,
+                      pack_short_chunks=job.decoding.pack_short_chunks, word_timestamps=job.decoding.word_timestamps)
     elif system == "faster-whisper-batched":
         params.update(batch_size=cfg.baseline_batch_size, actors=1)
     else:
@@ -131,7 +139,10 @@ def log_to_mlflow(cfg: BenchConfig, tracking_uri: str, rows: list[dict], results
         table = out_dir / f"{system}.results.csv"
         _write_results(table, rows, results[system])
         with mlflow.start_run(run_name=system) as run:
-            mlflow.log_params(scrub(system_params(system, cfg, len(rows))))
+            params = system_params(system, cfg, len(rows))
+            if results[system].get("gpu_name"):
+                params["gpu_name"] = results[system]["gpu_name"]
+            mlflow.log_params(scrub(params))
             mlflow.log_dict(scrub(cfg.model_dump(mode="json")), "bench_config.json")  # credentials masked
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             mlflow.log_artifact(str(table))
@@ -140,20 +151,31 @@ def log_to_mlflow(cfg: BenchConfig, tracking_uri: str, rows: list[dict], results
     return run_ids
 
 
+def reference_system(names) -> Optional[str]:
+    """The system the others are compared with (``vs job``): ``raywhisper``, else ``raywhisper-engine`` (a
+    ``--device cuda`` run), else none."""
+    return next((n for n in ("raywhisper", "raywhisper-engine") if n in names), None)
+
+
 def render_table(all_metrics: dict[str, dict]) -> str:
-    """Side-by-side table; ``vs job`` is the system's wall time over raywhisper's (how many times faster the job is)."""
-    job_wall = all_metrics.get("raywhisper", {}).get("wall_s")
+    """Side-by-side table; ``vs job`` is the system's wall time over the job's (``raywhisper``, or
+    ``raywhisper-engine`` when the Ray job did not run: how many times faster the job is). With GPU figures: mean
+    and peak utilisation (%) and peak memory in use (MiB) of the GPU while the system ran."""
+    ref = reference_system(all_metrics)
+    job_wall = all_metrics[ref]["wall_s"] if ref else None
     subsets = sorted({k for m in all_metrics.values() for k in m if k.startswith("wer_")})
+    gpu = any("gpu_util_mean_pct" in m for m in all_metrics.values())
     head = f"{'system':28} {'files':>5} {'audio s':>8} {'wall s':>7} {'x RT':>6} {'WER':>6} " + \
-        " ".join(f"{s[4:]:>8}" for s in subsets) + f" {'peak MiB':>8} {'vs job':>6}"
+        " ".join(f"{s[4:]:>8}" for s in subsets) + f" {'peak MiB':>8}" + \
+        (f" {'GPU %':>6} {'GPU max':>7} {'GPU MiB':>8}" if gpu else "") + f" {'vs job':>6}"
     lines = [head, "-" * len(head)]
     for name, m in all_metrics.items():
         ratio = f"{m['wall_s'] / job_wall:6.2f}" if job_wall else "   n/a"
+        gpu_cells = (f" {m.get('gpu_util_mean_pct', float('nan')):6.1f} {m.get('gpu_util_peak_pct', float('nan')):7.0f}"
+                     f" {m.get('gpu_mem_peak_mb', float('nan')):8.0f}") if gpu else ""
         lines.append(
             f"{name:28} {int(m['files']):5d} {m['audio_s']:8.1f} {m['wall_s']:7.1f} {m['x_real_time']:6.1f} "
             f"{100 * m.get('wer', float('nan')):5.1f}% " + " ".join(f"{100 * m.get(s, float('nan')):7.1f}%" for s in subsets)
-            + f" {m['peak_rss_mb']:8.0f} {ratio}"
+            + f" {m['peak_rss_mb']:8.0f}" + gpu_cells + f" {ratio}"
         )
     return "\n".join(lines)
-
-

@@ -1,6 +1,7 @@
 """Running and measuring the systems: each in a child process of its own (``python -m pipelines.bench --_child``),
-its wall time measured inside it and the peak resident memory of its whole process tree (Ray's processes
-included) sampled from the parent."""
+its wall time measured inside it, and sampled from the parent while it runs: the peak resident memory of its
+whole process tree (Ray's processes included) and, where NVML sees a GPU, the GPU's utilisation and memory
+(:mod:`pipelines.bench.gpu`)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,22 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from pipelines.bench.config import BenchConfig, baseline_beam_size, baseline_cpu_threads, manifest_rows
+from pipelines.bench.gpu import GpuSampler, Reader
 
 
 def run_system(system: str, cfg: BenchConfig, manifest: Path, out_dir: Path) -> dict:
     """Run one system in this process; returns ``{"wall_s", "results": [{id, text, duration_s, status}]}``.
 
-    Wall time covers everything from start to the last transcript (model load and Ray start included).
+    Wall time covers everything from start to the last transcript (model load, decoding, VAD and, for
+    ``raywhisper``, Ray's start included). Only ``raywhisper`` imports Ray.
     """
     rows = manifest_rows(manifest)
     t0 = time.perf_counter()
-    if system == "raywhisper":
+    if system == "raywhisper-engine":
+        from pipelines.bench.engine_system import run_engine
+
+        results = run_engine(cfg, rows)
+    elif system == "raywhisper":
         import pandas as pd
 
         from pipelines.job.run import run_job
@@ -86,8 +93,10 @@ class TreeMemorySampler:
 
 
 def run_system_in_child(system: str, config_path: Optional[str], overrides: Sequence[str], manifest: Path,
-                        out_dir: Path) -> dict:
-    """Run :func:`run_system` in a child process, sampling the memory of its process tree.
+                        out_dir: Path, gpu: Optional[Reader] = None) -> dict:
+    """Run :func:`run_system` in a child process, sampling the memory of its process tree and, with a ``gpu``
+    reader (:func:`pipelines.bench.gpu.nvml_reader`), the GPU: the result then has ``gpu_metrics``
+    (:meth:`~pipelines.bench.gpu.GpuStats.metrics`).
 
     Raises:
         RuntimeError: the child failed (its stderr tail is in the message).
@@ -102,12 +111,17 @@ def run_system_in_child(system: str, config_path: Optional[str], overrides: Sequ
     log_path = out_dir / f"{system}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        with TreeMemorySampler(proc.pid) as sampler:
+        with TreeMemorySampler(proc.pid) as sampler, GpuSampler(gpu) as gpu_sampler:
             code = proc.wait()
     if code != 0 or not result_path.exists():
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"system {system} failed (exit {code}); log {log_path}:\n{tail}")
     result = json.loads(result_path.read_text())
     result["peak_rss_bytes"] = sampler.peak_bytes
+    if gpu_sampler.stats is not None:
+        result["gpu_metrics"] = gpu_sampler.stats.metrics()
+        result["gpu_name"] = getattr(gpu, "name", "")
+    if gpu_sampler.error:
+        print(f"   GPU sampling stopped early: {gpu_sampler.error}", flush=True)
     return result
 
