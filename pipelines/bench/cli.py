@@ -4,9 +4,9 @@ The command line of ``python -m pipelines.bench`` (see :mod:`pipelines.bench` fo
 each system in a child process (the hidden ``--_child SYSTEM`` mode), scores it, logs it to MLflow and prints the
 side-by-side table.
 
-``--device cuda`` (or ``cpu``) sets every system's model device and its compute type (:func:`device_overrides`);
-with ``cuda`` the Ray job gives way to the in-process engine (:func:`in_process`: one GPU, no Ray), and the run
-is refused (exit 2) when CTranslate2 sees no CUDA device.
+``--device cuda`` (or ``cpu``) sets every system's model device and its compute type (:func:`device_overrides`).
+On cuda (from ``--device`` or the config) the Ray job gives way to the in-process engine (:func:`in_process`: one
+GPU, no Ray), and the run is refused (exit 2) when CTranslate2 sees no CUDA device.
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ def _child(system: str, cfg: BenchConfig, manifest: Path, out_dir: Path) -> int:
 def _run_all(args: argparse.Namespace, cfg: BenchConfig, out_dir: Path) -> int:
     """The parent: each system in its own child process, scored, then logged to MLflow and printed side by side."""
     systems = tuple(args.systems.split(",")) if args.systems else cfg.systems
-    if args.device == "cuda" and "raywhisper" in systems:
+    if cfg.job.model.device == "cuda" and "raywhisper" in systems:
         systems = in_process(systems)
-        print("note: --device cuda runs raywhisper-engine (the engine in this process, one GPU) instead of the "
-              "Ray job", flush=True)
+        print("note: on cuda the bench runs raywhisper-engine (the engine in one process, one GPU, no Ray) "
+              "instead of the Ray job", flush=True)
     unknown = set(systems) - set(SYSTEMS)
     source = args.manifest or cfg.manifest
     if unknown or not source:
@@ -105,15 +105,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     out_dir = Path(args.output).resolve()
     args.overrides = device_overrides(args.device, args.overrides)  # the children get them as --set
-    if args.device == "cuda" and not args._child:
-        from pipelines.core.whisper import cuda_device_count
-
-        if cuda_device_count() < 1:
-            print("error: --device cuda, but CTranslate2 sees no CUDA device here (ctranslate2."
-                  "get_cuda_device_count() is 0): check the NVIDIA driver, CUDA_VISIBLE_DEVICES and the CUDA 12 / "
-                  "cuDNN 9 libraries (scripts/gpu_bench.sh installs them); or run with --device cpu",
-                  file=sys.stderr)
-            return 2
     try:
         cfg = load_bench_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -121,4 +112,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args._child:
         return _child(args._child, cfg, Path(args.manifest), out_dir)
+    if cfg.job.model.device == "cuda" and not _cuda_seen():
+        return 2
     return _run_all(args, cfg, out_dir)
+
+
+def _cuda_seen() -> bool:
+    """Whether CTranslate2 sees a CUDA device; if not, says so on stderr (the run is refused before any work)."""
+    from pipelines.core.whisper import cuda_device_count
+
+    if cuda_device_count() > 0:
+        return True
+    print("error: job.model.device is cuda (--device cuda), but CTranslate2 sees no CUDA device here "
+          "(ctranslate2.get_cuda_device_count() is 0): check the NVIDIA driver, CUDA_VISIBLE_DEVICES and the "
+          "CUDA 12 / cuDNN 9 libraries (scripts/gpu_bench.sh installs them), or run with --device cpu",
+          file=sys.stderr)
+    return False

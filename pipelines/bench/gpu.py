@@ -41,7 +41,8 @@ class GpuStats:
     memory_peak_bytes: int
 
     def metrics(self) -> dict[str, float]:
-        """The MLflow metrics: ``gpu_util_mean_pct``, ``gpu_util_peak_pct``, ``gpu_mem_peak_mb`` (MiB), ``gpu_samples``."""
+        """The MLflow metrics: ``gpu_util_mean_pct``, ``gpu_util_peak_pct``, ``gpu_mem_peak_mb`` (MiB) and
+        ``gpu_samples``."""
         return {"gpu_util_mean_pct": self.util_mean_pct, "gpu_util_peak_pct": self.util_peak_pct,
                 "gpu_mem_peak_mb": self.memory_peak_bytes / 2**20, "gpu_samples": float(self.samples)}
 

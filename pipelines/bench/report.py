@@ -171,8 +171,9 @@ def render_table(all_metrics: dict[str, dict]) -> str:
     lines = [head, "-" * len(head)]
     for name, m in all_metrics.items():
         ratio = f"{m['wall_s'] / job_wall:6.2f}" if job_wall else "   n/a"
-        gpu_cells = (f" {m.get('gpu_util_mean_pct', float('nan')):6.1f} {m.get('gpu_util_peak_pct', float('nan')):7.0f}"
-                     f" {m.get('gpu_mem_peak_mb', float('nan')):8.0f}") if gpu else ""
+        nan = float("nan")
+        gpu_cells = (f" {m.get('gpu_util_mean_pct', nan):6.1f} {m.get('gpu_util_peak_pct', nan):7.0f}"
+                     f" {m.get('gpu_mem_peak_mb', nan):8.0f}") if gpu else ""
         lines.append(
             f"{name:28} {int(m['files']):5d} {m['audio_s']:8.1f} {m['wall_s']:7.1f} {m['x_real_time']:6.1f} "
             f"{100 * m.get('wer', float('nan')):5.1f}% " + " ".join(f"{100 * m.get(s, float('nan')):7.1f}%" for s in subsets)

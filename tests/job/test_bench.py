@@ -1,5 +1,5 @@
-"""The bench command on a slice of the dev corpus: three MLflow runs with sane metrics, read back with
-mlflow.search_runs."""
+"""The bench command on a slice of the dev corpus: four MLflow runs (the job, the engine in-process, two
+faster-whisper baselines) with sane metrics, read back with mlflow.search_runs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.conftest import CORPUS, ROOT
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_bench_logs_three_runs(tmp_path):
+def test_bench_logs_four_runs(tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -28,7 +28,8 @@ def test_bench_logs_three_runs(tmp_path):
     assert "raywhisper" in result.stdout and "vs job" in result.stdout
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["raywhisper-bench-dev"])
-    assert sorted(runs["params.system"]) == ["faster-whisper-batched", "faster-whisper-sequential", "raywhisper"]
+    assert sorted(runs["params.system"]) == ["faster-whisper-batched", "faster-whisper-sequential", "raywhisper",
+                                            "raywhisper-engine"]
     for _, run in runs.iterrows():
         assert run["metrics.files"] == 6
         assert 0.0 <= run["metrics.wer"] < 0.3  # the first six are LJ Speech clips: tiny.en gets a few %
@@ -37,7 +38,7 @@ def test_bench_logs_three_runs(tmp_path):
         assert run["metrics.peak_rss_mb"] > 50 and run["metrics.wer_ljspeech"] == run["metrics.wer"]
         assert run["params.model"] == "bundled-tiny.en"
         # the job keeps its config's beam; the baselines run (and log) baseline_beam_size
-        assert run["params.beam_size"] == ("5" if run["params.system"] == "raywhisper" else "3")
+        assert run["params.beam_size"] == ("5" if run["params.system"].startswith("raywhisper") else "3")
         assert run["params.version_faster-whisper"] != "n/a" and len(run["params.git_commit"]) >= 7
         artifacts = mlflow.artifacts.list_artifacts(run_id=run["run_id"])
         names = {a.path for a in artifacts}
@@ -53,4 +54,5 @@ def test_baseline_beam_size_defaults_to_the_jobs():
     assert {system_params(s, same, 1)["beam_size"] for s in same.systems} == {4}
     apart = load_bench_config(None, ["job.decoding.beam_size=3", "baseline_beam_size=5"])
     beams = {s: system_params(s, apart, 1)["beam_size"] for s in apart.systems}
-    assert beams == {"raywhisper": 3, "faster-whisper-sequential": 5, "faster-whisper-batched": 5}
+    assert beams == {"raywhisper": 3, "raywhisper-engine": 3, "faster-whisper-sequential": 5,
+                     "faster-whisper-batched": 5}
