@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from pipelines.bench.config import (
     SYSTEMS,
     BenchConfig,
+    child_env,
     device_overrides,
     in_process,
     load_bench_config,
@@ -84,7 +85,8 @@ def _run_all(args: argparse.Namespace, cfg: BenchConfig, out_dir: Path) -> int:
     try:
         for system in systems:
             print(f"== {system}: {len(rows)} files", flush=True)
-            results[system] = run_system_in_child(system, args.config, args.overrides, manifest, out_dir, gpu)
+            results[system] = run_system_in_child(system, args.config, args.overrides, manifest, out_dir, gpu,
+                                                  child_env(system, cfg))
             all_metrics[system] = m = score(rows, results[system])
             print(f"   wall {m['wall_s']:.1f} s, {m['x_real_time']:.1f}x real time, "
                   f"WER {100 * m.get('wer', float('nan')):.1f}%"

@@ -9,7 +9,13 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from pipelines.bench.config import BenchConfig, baseline_beam_size, baseline_cpu_threads, engine_prepare_threads
+from pipelines.bench.config import (
+    BenchConfig,
+    baseline_beam_size,
+    baseline_cpu_threads,
+    child_env,
+    engine_prepare_threads,
+)
 from pipelines.redact import scrub
 
 
@@ -79,6 +85,7 @@ def system_params(system: str, cfg: BenchConfig, n_files: int) -> dict:
                       batch_size=job.model.batch_size, files_per_batch=job.transcribe.files_per_batch,
                       actors=1, prepare_threads=engine_prepare_threads(cfg),
                       prefetch_groups=cfg.engine_prefetch_groups, num_workers=job.model.num_workers,
+                      omp_num_threads=child_env(system, cfg)["OMP_NUM_THREADS"],
                       pack_short_chunks=job.decoding.pack_short_chunks, word_timestamps=job.decoding.word_timestamps)
     elif system == "faster-whisper-batched":
         params.update(batch_size=cfg.baseline_batch_size, actors=1)

@@ -6,6 +6,7 @@ whole process tree (Ray's processes included) and, where NVML sees a GPU, the GP
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -93,10 +94,11 @@ class TreeMemorySampler:
 
 
 def run_system_in_child(system: str, config_path: Optional[str], overrides: Sequence[str], manifest: Path,
-                        out_dir: Path, gpu: Optional[Reader] = None) -> dict:
+                        out_dir: Path, gpu: Optional[Reader] = None, env: Optional[dict] = None) -> dict:
     """Run :func:`run_system` in a child process, sampling the memory of its process tree and, with a ``gpu``
     reader (:func:`pipelines.bench.gpu.nvml_reader`), the GPU: the result then has ``gpu_metrics``
-    (:meth:`~pipelines.bench.gpu.GpuStats.metrics`).
+    (:meth:`~pipelines.bench.gpu.GpuStats.metrics`). ``env``: variables set for the child on top of this
+    process's environment (:func:`~pipelines.bench.config.child_env`).
 
     Raises:
         RuntimeError: the child failed (its stderr tail is in the message).
@@ -110,7 +112,7 @@ def run_system_in_child(system: str, config_path: Optional[str], overrides: Sequ
         cmd += ["--set", item]
     log_path = out_dir / f"{system}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         with TreeMemorySampler(proc.pid) as sampler, GpuSampler(gpu) as gpu_sampler:
             code = proc.wait()
     if code != 0 or not result_path.exists():

@@ -161,3 +161,4 @@ def test_bench_command_runs_without_ray(tmp_path):
         assert run["metrics.audio_s"] == pytest.approx(runs["metrics.audio_s"].iloc[0], rel=0.01)
     engine = runs[runs["params.system"] == "raywhisper-engine"].iloc[0]
     assert engine["params.prepare_threads"] == "1" and engine["params.files_per_batch"] == "128"
+    assert engine["params.omp_num_threads"] == "1"  # as the job's transcription actors get it

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipelines.bench import cli, gpu
-from pipelines.bench.config import device_overrides, in_process, load_bench_config
+from pipelines.bench.config import child_env, device_overrides, in_process, load_bench_config
 from pipelines.bench.gpu import GpuReading, GpuSampler, summarize
 from pipelines.bench.report import render_table, score
 from tests.conftest import ROOT
@@ -134,6 +134,12 @@ def test_device_overrides():
     cpu = load_bench_config("configs/bench/gpu.yaml", device_overrides("cpu", ["job.model.device=cuda"])).job.model
     assert (cpu.device, cpu.compute_type, cpu.require_cuda) == ("cpu", "int8", False)
     assert device_overrides(None, ["a=1"]) == ["a=1"]
+    # the engine's process gets the OMP_NUM_THREADS the job gives its transcription actors; the baselines nothing
+    assert child_env("raywhisper-engine", cpu_cfg := load_bench_config("configs/bench/dev.yaml")) == \
+        {"OMP_NUM_THREADS": "1"}
+    assert child_env("raywhisper-engine", load_bench_config(None, ["job.transcribe.num_cpus=3"])) == \
+        {"OMP_NUM_THREADS": "3"}
+    assert child_env("faster-whisper-sequential", cpu_cfg) == {}
     assert in_process(["raywhisper", "faster-whisper-batched", "raywhisper-engine"]) == \
         ("raywhisper-engine", "faster-whisper-batched")
 
