@@ -122,11 +122,15 @@ def run_engine(cfg: BenchConfig, rows: Sequence[dict], storage: Optional[Storage
                     return
                 ahead.append([pool.submit(prepare_row, row, storage, max_bytes, cfg, limits) for row in group])
 
-        fill(cfg.engine_prefetch_groups + 1)  # the first group and those behind it
-        engine = load_engine() if load_engine else Engine(cfg.job.model, cfg.job.decoding)  # overlaps the prepare
-        while ahead:
-            current = ahead.popleft()
-            fill(cfg.engine_prefetch_groups)  # prepared while ``current`` is transcribed
-            items = [future.result() for future in current]
-            results.extend(transcribe_group(engine, items, cfg.job.transcribe.max_retries_per_file))
+        try:
+            fill(cfg.engine_prefetch_groups + 1)  # the first group and those behind it
+            engine = load_engine() if load_engine else Engine(cfg.job.model, cfg.job.decoding)  # while they prepare
+            while ahead:
+                current = ahead.popleft()
+                fill(cfg.engine_prefetch_groups)  # prepared while ``current`` is transcribed
+                items = [future.result() for future in current]
+                results.extend(transcribe_group(engine, items, cfg.job.transcribe.max_retries_per_file))
+        except BaseException:  # a model that cannot load: do not prepare the queued groups first
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return results

@@ -162,3 +162,18 @@ def test_bench_command_runs_without_ray(tmp_path):
     engine = runs[runs["params.system"] == "raywhisper-engine"].iloc[0]
     assert engine["params.prepare_threads"] == "1" and engine["params.files_per_batch"] == "128"
     assert engine["params.omp_num_threads"] == "1"  # as the job's transcription actors get it
+
+
+def test_a_model_that_cannot_load_stops_the_system_at_once():
+    from pipelines.core.errors import ModelLoadError
+
+    rows = [{"id": r["path"], "audio_filepath": str(CORPUS / r["path"])} for r in corpus_rows()[:12]]
+    cfg = load_bench_config(DEV, ["job.transcribe.files_per_batch=2", "engine_prepare_threads=1"])
+    events, lock = [], threading.Lock()
+
+    def load():
+        raise ModelLoadError("model.require_cuda is set but CTranslate2 sees no CUDA device")
+
+    with pytest.raises(ModelLoadError, match="CUDA"):
+        run_engine(cfg, rows, storage=RecordingStorage(events, lock), load_engine=load)
+    assert len(events) <= 4  # at most the two groups queued before the load; the rest never read
