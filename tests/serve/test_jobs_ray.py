@@ -5,8 +5,9 @@ application of ``configs/serve.yaml`` deployed on it by a separate driver, and j
 - a manifest of dev-corpus clips runs to ``succeeded`` with progress that only goes up; its webhook reaches a
   listener on 127.0.0.1; its transcripts come back as JSON (paginated) and SRT;
 - a longer ``urls`` job: a second job is refused (429), the Serve application is deleted and deployed again while
-  the job runs and the job's status is still there, the job is stopped (DELETE), submitted again, and ends with
-  every row exactly once (the rows the stopped run wrote are kept);
+  the job runs and the job's status is still there, the job is stopped (DELETE: its driver saves and says
+  "stopped" to its webhook), its folder is given the lock a SIGKILLed driver leaves, it is submitted again, and it
+  ends with every row exactly once (the rows the stopped run wrote are kept);
 - refusals: outside the allowed prefixes (403), a malformed body (400).
 
 The test process never joins the cluster: Serve is driven by short ``python`` subprocesses in the cluster's
@@ -15,6 +16,7 @@ environment, the jobs through the endpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -29,6 +31,7 @@ import pytest
 import requests
 import srt
 
+from pipelines.io.lock_store import LockHolder
 from tests.conftest import CORPUS, JFK_PHRASE, ROOT, corpus_rows
 from tests.job.test_cluster import LocalRayCluster, _free_port, _words
 
@@ -37,8 +40,8 @@ pytestmark = pytest.mark.ray
 API_KEY = "jobs-test-key-0123456789"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 SHORT = ["jfk/jfk.flac", "ljspeech/LJ001-0002.flac", "ljspeech/LJ001-0003.mp3", "librispeech/2412-153948-0000.flac"]
-#: Enough single LJ Speech clips (about 8 s each) for a job that can be stopped half way on this machine.
-LONG_COUNT = 30
+#: Enough single LJ Speech clips (about 6.5 s each) for a job that can be stopped half way on this machine.
+LONG_COUNT = 50
 
 DEPLOY = """
 import json, sys
@@ -205,7 +208,7 @@ def test_stop_restart_and_resume_give_every_row_once(endpoint):
     out = endpoint.root / "out-long"
     body = {"urls": urls, "output": f"file://{out}/",
             "config": {"output.rows_per_file": 1, "transcribe.files_per_batch": 1, "decode.files_per_batch": 1,
-                       "output.progress_interval_s": 1}}
+                       "output.progress_interval_s": 1}, "webhook_url": endpoint.hook_prefix + "long"}
     r = endpoint.post(**body)
     assert r.status_code == 202, r.text
     first = r.json()["id"]
@@ -228,8 +231,14 @@ def test_stop_restart_and_resume_give_every_row_once(endpoint):
     assert done == sorted(done)
     kept = len(pd.read_parquet(out)["id"]) if any(out.glob("part-*.parquet")) else 0
     assert 0 < kept < len(names), kept  # stopped half way; what it wrote stays
-    lock_left = (out / "_lock.json").exists()  # released on SIGTERM, or left by a SIGKILL: taken over below
-    print(f"the stopped run left {kept} of {len(names)} rows; its lock {'stayed' if lock_left else 'was released'}")
+    assert json.loads((out / "_runs" / f"{first}.json").read_text())["status"] == "stopped"  # SIGTERM: saved
+    # a driver killed outright (SIGKILL after RAY_JOB_STOP_WAIT_TIME_S) leaves its lock: one of a gone process of
+    # this host, as the stopped driver was (drivers run on the head), must not keep the resubmitted job out
+    lock_left = (out / "_lock.json").exists()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    holder = dataclasses.replace(LockHolder.here(first, time.time() - 5, time.time(), "0" * 32), pid=dead.pid)
+    (out / "_lock.json").write_bytes(holder.to_json())
 
     r = endpoint.post(**body)  # the same request again: resumes
     assert r.status_code == 202, r.text
@@ -243,6 +252,9 @@ def test_stop_restart_and_resume_give_every_row_once(endpoint):
     assert job["summary"]["transcribed"] == len(names) - kept
     df = pd.read_parquet(out)
     assert sorted(df["id"]) == sorted(urls) and df["id"].is_unique, (lock_left, df["id"].value_counts().head())
+    assert not (out / "_lock.json").exists()  # taken over, then released at the end
+    events = {body["id"]: body["status"] for path, body in Hooks.received if path == "/hooks/long"}
+    assert events == {first: "stopped", second: "succeeded"}, events
     rows, after = [], None
     while True:
         page = endpoint.get(f"/v1/jobs/{second}/transcripts", limit=7, **({"after": after} if after else {})).json()
