@@ -42,6 +42,9 @@ class ServeJobsConfig(_Frozen):
         "None: '_raywhisper_staging/' under the first allowed prefix."))
     dashboard_address: str = Field("http://127.0.0.1:8265", description=(
         "The Ray Jobs API (the head's dashboard) the endpoint submits jobs to."))
+    python: Optional[str] = Field(None, description=(
+        "The Python that runs the job's entry point on the head node; None: the ingress replica's own "
+        "interpreter (sys.executable: the same path on every node of a cluster built from one image)."))
     job_config: Optional[str] = Field(None, description=(
         "The job's YAML config (--config) as a path on the head node; None: the job's own default "
         "(configs/local.yaml in its working directory, else the built-in defaults)."))

@@ -129,8 +129,8 @@ def read_progress(output_uri: str, storage_options: Optional[dict] = None) -> Op
 
 class ProgressWriter:
     """Writes a run's :class:`Progress` to ``DIR/_progress.json``: :meth:`update` takes a new state (merged so that
-    no count goes down), a daemon thread writes the latest state every ``interval_s`` seconds while it changed, and
-    :meth:`finish` writes the final one. A write that fails is logged and tried again at the next tick: progress
+    no count goes down), a daemon thread writes the latest state every ``interval_s`` seconds (its ``updated_at``
+    moving on even while no count does: a heartbeat), and :meth:`finish` writes the final one. A write that fails is logged and tried again at the next tick: progress
     is advisory, it never stops the run.
 
     Args:
@@ -188,6 +188,7 @@ class ProgressWriter:
 
         def tick() -> None:
             while not self._stop.wait(self.interval_s):
+                self.update()  # updated_at moves on while the counts do not: the run is alive
                 self.write()
         self._stop.clear()
         self._thread = threading.Thread(target=tick, name="progress-writer", daemon=True)

@@ -13,6 +13,7 @@ Every method here blocks on HTTP calls to the dashboard: the routes run them on 
 from __future__ import annotations
 
 import shlex
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -63,11 +64,12 @@ class JobRecord:
 
 
 def entrypoint(manifest: str, output: str, job_id: str, overrides: list[str], job_config: Optional[str],
-               webhook_url: Optional[str]) -> str:
-    """The job's shell command: ``python -m pipelines.transcribe --manifest M --output O --run-id ID
-    [--config C] [--set k=v]... [--webhook-url URL]``, every argument shell-quoted. The run id is the job id, so
-    the output's progress object and ``_runs/<id>.json`` name the job."""
-    args = ["python", "-m", "pipelines.transcribe", "--manifest", manifest, "--output", output, "--run-id", job_id]
+               webhook_url: Optional[str], python: Optional[str] = None) -> str:
+    """The job's shell command: ``<python> -m pipelines.transcribe --manifest M --output O --run-id ID
+    [--config C] [--set k=v]... [--webhook-url URL]``, every argument shell-quoted; ``python`` defaults to this
+    process's interpreter. The run id is the job id, so the output's progress object and ``_runs/<id>.json`` name
+    the job."""
+    args = [python or sys.executable, "-m", "pipelines.transcribe", "--manifest", manifest, "--output", output, "--run-id", job_id]
     if job_config:
         args += ["--config", job_config]
     for item in overrides:

@@ -163,7 +163,8 @@ def submit(state: JobsState, spec: JobCreate, upload: Optional[UploadFile], owne
         source, rows = f"upload:{name}", [ManifestRow(id=name, audio_filepath=location, uri=location, line=1)]
     manifest = stage_manifest(rows, cfg.staging_prefix, job_id, state.storage)
     metadata = job_metadata(owner, output, source, len(rows))
-    state.ray.submit(job_id, entrypoint(manifest, output, job_id, overrides, cfg.job_config, webhook), metadata)
+    command = entrypoint(manifest, output, job_id, overrides, cfg.job_config, webhook, cfg.python)
+    state.ray.submit(job_id, command, metadata)
     record = JobRecord(job_id, "PENDING", None, None, None, metadata)
     return job_view(record, state.storage, with_details=False)
 
