@@ -8,22 +8,27 @@ Start with ``serve run configs/serve.yaml`` (``build_app`` reads the ``args`` th
 from typing import Any, Optional
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipelines.config import ServeConfig, load_serve_config
+from pipelines.config.jobs import ALLOWED_PREFIXES_ENV, with_environment
+from pipelines.core.errors import ConfigError
 from pipelines.io.storage import Storage, resolve_storage
 from serve_app.auth import APIKeyMiddleware, resolve_api_key
 from serve_app.deployment import TranscriberDeployment
 from serve_app.errors import install_error_handlers
+from serve_app.jobs.cluster import RayJobs
+from serve_app.jobs.routes import JobsState
+from serve_app.jobs.routes import router as jobs_router
 from serve_app.metrics import IngressMetrics
 from serve_app.routes import ServeState, router
 from serve_app.upload import FORM_OVERHEAD_BYTES, UploadLimitMiddleware
 
 
 def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str] = None,
-               storage: Optional[Storage] = None) -> FastAPI:
+               storage: Optional[Storage] = None, jobs: Optional[RayJobs] = None) -> FastAPI:
     """The FastAPI app of the ingress, calling the model deployment through ``model`` (a handle whose
     ``transcribe(job)`` returns a :class:`~pipelines.core.schema.Transcript` and ``ready()`` a dict).
 
@@ -31,18 +36,23 @@ def create_app(cfg: ServeConfig, model: DeploymentHandle, api_key: Optional[str]
         cfg: the validated Serve config.
         model: the model deployment's handle.
         api_key: the key ``/v1`` routes require (None: no auth); see :func:`~serve_app.auth.resolve_api_key`.
-        storage: how ``url`` requests are read (None: resolved now from ``cfg.storage`` and the environment).
+        storage: how ``url`` requests and jobs' files are read (None: resolved now from ``cfg.storage`` and the
+            environment).
+        jobs: the Ray Jobs API of the job endpoints (None: ``cfg.jobs.dashboard_address``, reached on first use).
     """
     docs = {} if cfg.http.openapi_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="raywhisper", summary="OpenAI-compatible transcription with faster-whisper on Ray Serve",
                   **docs)
     app.state.metrics = IngressMetrics()
     app.state.serve = ServeState(cfg, model, storage or resolve_storage(cfg.storage), app.state.metrics)
+    app.state.jobs = JobsState(cfg.jobs, app.state.serve.storage, jobs or RayJobs(cfg.jobs), api_key)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(jobs_router)
     app.add_middleware(APIKeyMiddleware, api_key=api_key)  # inside the upload limits: added first
     app.add_middleware(UploadLimitMiddleware, max_body_bytes=cfg.http.max_upload_bytes + FORM_OVERHEAD_BYTES,
-                       timeout_s=cfg.http.request_timeout_s)
+                       timeout_s=cfg.http.request_timeout_s,
+                       paths={"/v1/jobs": (cfg.jobs.max_upload_bytes + FORM_OVERHEAD_BYTES, cfg.jobs.upload_timeout_s)})
     return app
 
 
@@ -80,17 +90,24 @@ class ServeAppArgs(BaseModel):
     deployment: dict = Field(default_factory=dict, description="ServeConfig.deployment (the model replicas).")
     http: dict = Field(default_factory=dict, description="ServeConfig.http (the ingress).")
     storage: dict = Field(default_factory=dict, description="ServeConfig.storage (how url requests are read).")
+    jobs: dict = Field(default_factory=dict, description="ServeConfig.jobs (asynchronous jobs, docs/jobs.md).")
 
 
 def serve_config_from_args(args: ServeAppArgs) -> ServeConfig:
-    """The validated :class:`ServeConfig` that ``args`` describe.
+    """The validated :class:`ServeConfig` that ``args`` describe, with ``RAYWHISPER_JOBS_ALLOWED_PREFIXES`` (read
+    now) added to ``jobs.allowed_prefixes``.
 
     Raises:
         ConfigError: bad file, unknown field or bad value (the message names the field).
     """
-    sections = ("model", "decoding", "chunking", "guards", "deployment", "http", "storage")
+    sections = ("model", "decoding", "chunking", "guards", "deployment", "http", "storage", "jobs")
     inline = {name: getattr(args, name) for name in sections}
-    return load_serve_config(args.config, args.overrides, {k: v for k, v in inline.items() if v})
+    cfg = load_serve_config(args.config, args.overrides, {k: v for k, v in inline.items() if v})
+    try:
+        jobs = with_environment(cfg.jobs)
+    except ValidationError as exc:
+        raise ConfigError(f"{ALLOWED_PREFIXES_ENV}: {exc.errors()[0]['msg']}") from exc
+    return cfg.model_copy(update={"jobs": jobs})
 
 
 def deployment_options(cfg: ServeConfig) -> dict:

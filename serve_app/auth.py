@@ -16,6 +16,8 @@ from serve_app.schemas import APIError
 
 #: The routes that need the key: (method, path).
 PROTECTED = frozenset({("POST", "/v1/audio/transcriptions"), ("GET", "/v1/models")})
+#: Path prefixes under which every route needs the key (any method): the job endpoints.
+PROTECTED_PREFIXES = ("/v1/jobs",)
 
 
 def resolve_api_key(cfg: ServeConfig) -> Optional[str]:
@@ -49,17 +51,23 @@ def check_api_key(headers: Mapping[str, str], api_key: Optional[str]) -> None:
 
 
 class APIKeyMiddleware:
-    """Pure ASGI middleware: a request to one of ``protected`` (method, path) without the key gets 401 before its
-    body is read. Other routes (health, docs, unknown paths) pass."""
+    """Pure ASGI middleware: a request to one of ``protected`` (method, path), or to any path at or under one of
+    ``prefixes``, without the key gets 401 before its body is read. Other routes (health, docs, unknown paths)
+    pass."""
 
-    def __init__(self, app, api_key: Optional[str], protected: Iterable[tuple[str, str]] = PROTECTED):
+    def __init__(self, app, api_key: Optional[str], protected: Iterable[tuple[str, str]] = PROTECTED,
+                 prefixes: Iterable[str] = PROTECTED_PREFIXES):
         self.app = app
         self.api_key = api_key
         self.protected = frozenset(protected)
+        self.prefixes = tuple(prefixes)
+
+    def _needs_key(self, method: Optional[str], path: str) -> bool:
+        return (method, path) in self.protected or any(path == p or path.startswith(p + "/") for p in self.prefixes)
 
     async def __call__(self, scope, receive, send):
         if (self.api_key is not None and scope["type"] == "http"
-                and (scope.get("method"), scope.get("path")) in self.protected):
+                and self._needs_key(scope.get("method"), scope.get("path") or "")):
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
             try:
                 check_api_key(headers, self.api_key)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from typing import Sequence
 
 from pipelines.config import ServeURLInputConfig
 from pipelines.core.errors import SourceTooLargeError
@@ -33,8 +34,8 @@ from pipelines.io.storage import Storage, is_transient
 from serve_app.schemas import APIError
 
 
-def _not_allowed(url: str, why: str) -> APIError:
-    return APIError(403, f"reading {url!r} is not allowed: {why}", code="url_not_allowed", param="url")
+def _not_allowed(url: str, why: str, param: str = "url") -> APIError:
+    return APIError(403, f"reading {url!r} is not allowed: {why}", code="url_not_allowed", param=param)
 
 
 def resolve_url(url: str, cfg: ServeURLInputConfig) -> str:
@@ -49,44 +50,63 @@ def resolve_url(url: str, cfg: ServeURLInputConfig) -> str:
     if not cfg.enabled:
         raise APIError(403, "this server does not read audio from URLs (http.url_input.enabled is false); "
                             "upload the file instead", code="url_input_disabled", param="url")
+    return resolve_under(url, cfg.allowed_prefixes)
+
+
+def resolve_under(url: str, allowed_prefixes: Sequence[str], param: str = "url") -> str:
+    """The location ``url`` names if it lies under one of ``allowed_prefixes`` by the rules of the module doc: a
+    local path (symlinks resolved) for ``file://``, the URL itself otherwise. ``param`` is the request field
+    named in the errors. Used by the ``url`` input and by the job endpoints (manifest, audio, output).
+
+    Raises:
+        APIError: 403 ``url_not_allowed`` (outside the prefixes, traversal, a symlink leading out, another
+            scheme); 400 ``invalid_value`` (not a URL, a query string, a chained ``::`` URL...).
+    """
+    if not isinstance(url, str):
+        raise APIError(400, f"{param} must be a URL string", code="invalid_value", param=param)
     url = url.strip()
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme.isascii() or not scheme.replace("+", "").isalnum():
-        raise APIError(400, "url must be a URL such as s3://bucket/key.flac or file:///srv/audio/a.flac",
-                       code="invalid_value", param="url")
+        raise APIError(400, f"{param} must be a URL such as s3://bucket/key.flac or file:///srv/audio/a.flac",
+                       code="invalid_value", param=param)
     if any(ch in url for ch in "?#\\") or any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        raise APIError(400, "url must not carry a query string, a fragment, backslashes or control characters",
-                       code="invalid_value", param="url")
+        raise APIError(400, f"{param} must not carry a query string, a fragment, backslashes or control characters",
+                       code="invalid_value", param=param)
     if "::" in url:
-        raise APIError(400, "url must be one plain URL; chained URLs ('::', as in simplecache::s3://...) are not "
-                            "accepted", code="invalid_value", param="url")
+        raise APIError(400, f"{param} must be one plain URL; chained URLs ('::', as in simplecache::s3://...) are "
+                            "not accepted", code="invalid_value", param=param)
     scheme = scheme.lower()
-    prefixes = [p.partition("://")[2] for p in cfg.allowed_prefixes if p.partition("://")[0].lower() == scheme]
+    prefixes = [p.partition("://")[2] for p in allowed_prefixes if p.partition("://")[0].lower() == scheme]
     if not prefixes:
-        raise _not_allowed(url, f"{scheme}:// URLs are not accepted here")
+        raise _not_allowed(url, f"{scheme}:// URLs are not accepted here", param)
     if scheme == "file":
-        path = rest[len("localhost"):] if rest.startswith("localhost/") else rest
-        if not path.startswith("/"):
-            raise _not_allowed(url, "a file URL must be absolute (file:///path)")
-        if any(seg in (".", "..") for seg in path.split("/")):
-            raise _not_allowed(url, "'.' and '..' path segments are not accepted")
-        real = os.path.realpath(path)
-        if "::" in real:  # a symlink whose target fsspec would read as a chain
-            raise _not_allowed(url, "it resolves to a path that fsspec would read as a chained URL ('::')")
-        for prefix in prefixes:
-            base = os.path.realpath(prefix)
-            if real.startswith(base.rstrip("/") + "/"):
-                return real
-        raise _not_allowed(url, "it is outside the allowed prefixes (symlinks resolved)")
+        return _resolve_file(url, rest, prefixes, param)
     bucket, _, key = rest.partition("/")
-    if not bucket or not key or any(seg in ("", ".", "..") for seg in key.split("/")):
-        raise _not_allowed(url, "it must name an object under a bucket, without '.', '..' or empty path segments")
+    if not bucket or not key or any(seg in ("", ".", "..") for seg in key.rstrip("/").split("/")):
+        raise _not_allowed(url, "it must name an object under a bucket, without '.', '..' or empty path segments",
+                           param)
     for prefix in prefixes:
         allowed_bucket, _, allowed_key = prefix.partition("/")
         allowed_key = allowed_key.strip("/")
         if bucket == allowed_bucket and (not allowed_key or key.startswith(allowed_key + "/")):
             return f"{scheme}://{bucket}/{key}"
-    raise _not_allowed(url, "it is outside the allowed prefixes")
+    raise _not_allowed(url, "it is outside the allowed prefixes", param)
+
+
+def _resolve_file(url: str, rest: str, prefixes: Sequence[str], param: str) -> str:
+    path = rest[len("localhost"):] if rest.startswith("localhost/") else rest
+    if not path.startswith("/"):
+        raise _not_allowed(url, "a file URL must be absolute (file:///path)", param)
+    if any(seg in (".", "..") for seg in path.split("/")):
+        raise _not_allowed(url, "'.' and '..' path segments are not accepted", param)
+    real = os.path.realpath(path)
+    if "::" in real:  # a symlink whose target fsspec would read as a chain
+        raise _not_allowed(url, "it resolves to a path that fsspec would read as a chained URL ('::')", param)
+    for prefix in prefixes:
+        base = os.path.realpath(prefix)
+        if real.startswith(base.rstrip("/") + "/"):
+            return real
+    raise _not_allowed(url, "it is outside the allowed prefixes (symlinks resolved)", param)
 
 
 def _storage_error(exc: BaseException, url: str, retry_after_s: float) -> APIError:

@@ -43,12 +43,13 @@ class Rule:
 
 
 #: What serve_app may import of pipelines: the engine, its option, result and error types, the renderer of results,
-#: the constants (the sample rate), storage, the config, and the diarizer's entry points (pipelines.core.diarization,
-#: issue 17: a diarizer per replica, like the engine). Not audio, chunking, transcriber, stitch, decoding,
+#: the constants (the sample rate), storage, the config, the diarizer's entry points (pipelines.core.diarization,
+#: issue 17: a diarizer per replica, like the engine), and the scrubber (pipelines.redact: a failed job's log tail,
+#: issue 18). Not audio, chunking, transcriber, stitch, decoding,
 #: whisper, rows...: those are the engine's to call.
 SERVE_MAY_IMPORT = ("pipelines.core.engine", "pipelines.core.options", "pipelines.core.schema",
                     "pipelines.core.errors", "pipelines.core.export", "pipelines.core.constants", "pipelines.io",
-                    "pipelines.config", "pipelines.core.diarization")
+                    "pipelines.config", "pipelines.core.diarization", "pipelines.redact")
 
 RULES = (
     Rule("core-is-ray-free", ("pipelines.core",), ("ray", "fastapi", "starlette", "mlflow"),

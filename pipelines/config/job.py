@@ -100,6 +100,12 @@ class OutputConfig(_Frozen):
                     "has failed for lock_stale_s stops writing (another run may have taken the folder over).",
     )
 
+    progress_interval_s: float = Field(
+        5.0, gt=0,
+        description="How often (s) the run rewrites its progress object DIR/_progress.json (files and audio done, "
+                    "rows ok/empty/error; read by GET /v1/jobs/{id}); also written at the run's end.",
+    )
+
     @model_validator(mode="after")
     def _heartbeat_below_stale(self) -> "OutputConfig":
         if self.lock_heartbeat_s * 3 > self.lock_stale_s:

@@ -9,7 +9,8 @@ from typing import Any, Optional
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from pipelines.config.base import Frozen as _Frozen
-from pipelines.config.base import refuse_moved
+from pipelines.config.base import URL_INPUT_SCHEMES, check_url_prefixes, refuse_moved  # noqa: F401 - re-exported
+from pipelines.config.jobs import ServeJobsConfig
 from pipelines.config.guards import ServeGuardsConfig
 from pipelines.config.storage import StorageConfig
 from pipelines.core.diarization import DiarizationOptions
@@ -80,10 +81,6 @@ class ServeDeploymentConfig(_Frozen):
         return self
 
 
-#: Schemes a ``url`` request may use: local files and object stores (never http(s): no server-side fetching).
-URL_INPUT_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
-
-
 class ServeURLInputConfig(_Frozen):
     """Transcribing a stored object named by the request's ``url`` form field instead of an upload (Groq's
     OpenAI-compatible API has the same field). Off by default; when on, only URLs under ``allowed_prefixes`` are
@@ -100,18 +97,7 @@ class ServeURLInputConfig(_Frozen):
     @field_validator("allowed_prefixes")
     @classmethod
     def _valid_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for prefix in value:
-            scheme, sep, rest = prefix.partition("://")
-            if not sep or not scheme or not rest.strip("/"):
-                raise ValueError(f"{prefix!r}: expected 'file:///absolute/dir/' or 's3://bucket/prefix/'")
-            if scheme not in URL_INPUT_SCHEMES:
-                raise ValueError(f"{prefix!r}: the scheme must be one of {', '.join(sorted(URL_INPUT_SCHEMES))} "
-                                 "(the server never fetches http(s) URLs)")
-            if scheme == "file" and not rest.startswith("/"):
-                raise ValueError(f"{prefix!r}: a file:// prefix needs an absolute path (file:///srv/audio/)")
-            if any(part in (".", "..") for part in rest.split("/")):
-                raise ValueError(f"{prefix!r}: '.' and '..' are not allowed in a prefix")
-        return value
+        return check_url_prefixes(value)
 
     @model_validator(mode="after")
     def _prefixes_when_enabled(self) -> "ServeURLInputConfig":
@@ -183,4 +169,5 @@ class ServeConfig(_Frozen):
     http: ServeHTTPConfig = Field(default_factory=ServeHTTPConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     diarization: ServeDiarizationConfig = Field(default_factory=ServeDiarizationConfig)
+    jobs: ServeJobsConfig = Field(default_factory=ServeJobsConfig)
 

@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections import Counter
 from typing import Optional, Sequence
 
 import pyarrow as pa
@@ -29,7 +30,9 @@ from pipelines.config import JobConfig, config_fingerprint
 from pipelines.core.errors import OutputIntegrityError, StorageError
 from pipelines.io.lock import OutputLock
 from pipelines.io.manifest import ManifestRow, read_manifest
+from pipelines.core.schema import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from pipelines.io.output import ERRORS_FILE, OutputFolder, PartWriter, write_summary
+from pipelines.io.progress import ProgressWriter
 from pipelines.io.resume import DoneRow, FolderState, Plan, folder_state, load_index, plan_run
 from pipelines.io.storage import Storage, check_output, resolve_storage
 from pipelines.job.console import QuietRay
@@ -117,16 +120,22 @@ class _Run:
         self.hashes: dict[str, Optional[str]] = {}
         self.out_options = storage.options_for(output)
         self.folder = OutputFolder(output, self.out_options, storage.retry)
+        self.progress = ProgressWriter(output, run_id, self.out_options, interval_s=cfg.output.progress_interval_s)
+        self.kept: Counter = Counter()
         self.record = {"run_id": run_id, "manifest": manifest, "output": output, "overwrite": overwrite,
                        "retry_errors": retry_errors, "config": cfg.model_dump(mode="json"),
                        "config_fingerprint": self.fingerprint}
         log.info("manifest %s: %d files; output %s; run %s", manifest, len(rows), output, run_id)
 
     def execute(self, quiet: Optional[QuietRay]) -> RunSummary:
-        """Start Ray, prepare the folder, do the work, then check the folder (:meth:`finish`)."""
+        """Start Ray, prepare the folder, do the work, then check the folder (:meth:`finish`). The progress object
+        (:mod:`pipelines.io.progress`) is written from the folder's preparation on, and a last time with the
+        run's end (``done``, ``failed``, or ``stopped`` on Ctrl-C / SIGTERM)."""
         try:
             self.start(quiet)
             done = self.prepare_folder()
+            self.progress.update(files_total=len(self.rows))
+            self.progress.start()
             writer = PartWriter(self.output, self.run_id, self.cfg.output.rows_per_file, self.cfg.output.compression,
                                 self.out_options, self.storage.retry, flush_interval_s=self.cfg.output.flush_interval_s,
                                 before_write=self.lock.check)
@@ -137,10 +146,13 @@ class _Run:
                 self.save_on_failure(writer, exc)
                 raise
             self.summary.parts = sink.close()
+            return self.finish()
+        except BaseException as exc:
+            self.progress.finish(ended_as(exc))  # no-op if the folder was never prepared
+            raise
         finally:
             if quiet is not None:
                 quiet.restore()
-        return self.finish()
 
     def start(self, quiet: Optional[QuietRay]) -> None:
         """Start or join Ray (its logging kept off the console when ``quiet``), then the GPU pre-flight."""
@@ -191,13 +203,24 @@ class _Run:
     def work(self, writer: PartWriter, done: list[DoneRow]) -> Sink:
         """Plan, write the planned copies, transcribe the rest; returns the sink that wrote them."""
         plan, held = self.plan(done)
+        self.kept = Counter(d.status for d in plan.keep)
+        self.report_progress(phase="transcribing")
         sink = Sink(writer, self.summary, plan.dependents(), self.run_id,
-                    len(self.rows) - len(plan.keep) - len(held), progress=self.cfg.progress)
+                    len(self.rows) - len(plan.keep) - len(held), progress=self.cfg.progress,
+                    on_write=self.report_progress)
         self.lock.check()
         write_planned_copies(self.folder, plan, sink, self.run_id)
         self.summary.worker_died = transcribe_rows(self.cfg, plan.transcribe, self.run_id, sink, self.hashes,
                                                    self.transcribe_stage, self.storage)
         return sink
+
+    def report_progress(self, **fields) -> None:
+        """Hand the counts so far to the progress writer (it writes them on its own clock)."""
+        s, kept = self.summary, self.kept
+        self.progress.update(files_done=sum(kept.values()) + s.files, files_kept=sum(kept.values()),
+                             rows={"ok": kept[STATUS_OK] + s.ok, "empty": kept[STATUS_EMPTY] + s.empty,
+                                   "error": kept[STATUS_ERROR] + s.error},
+                             audio_s_done=s.audio_s, **fields)
 
     def save_on_failure(self, writer: PartWriter, exc: BaseException) -> None:
         """Write the rows in hand and the failed run's summary (finished rows are never lost, not even on
@@ -205,7 +228,7 @@ class _Run:
         try:
             writer.close()
             write_summary(self.output, self.run_id,
-                          self.record | self.summary.to_dict() | {"status": "failed", "failure": repr(exc)},
+                          self.record | self.summary.to_dict() | {"status": ended_as(exc), "failure": repr(exc)},
                           self.out_options, self.storage.retry)
         except StorageError as also:  # the storage that failed the run may fail these too: keep the first error
             log.error("could not save the rows in hand or the failed run's summary: %s", also)
@@ -222,6 +245,9 @@ class _Run:
                                             and state.error_rate > self.cfg.guards.max_error_rate)
         self.summary.wall_s = time.perf_counter() - self.t0
         exact = not (state.missing or state.doubled)
+        self.progress.finish("done" if exact else "failed", files_done=state.rows,
+                             rows={"ok": state.ok, "empty": state.empty, "error": state.error},
+                             audio_s_done=self.summary.audio_s)
         write_summary(self.output, self.run_id,
                       self.record | self.summary.to_dict() | {"status": "done" if exact else "not exactly once"},
                       self.out_options, self.storage.retry)
@@ -234,6 +260,12 @@ class _Run:
             error.summary = self.summary
             raise error
         return self.summary
+
+
+def ended_as(exc: BaseException) -> str:
+    """How a run that raised ``exc`` ended: ``stopped`` (Ctrl-C, or SIGTERM: ``ray job stop`` and
+    ``DELETE /v1/jobs/{id}`` send it, and Ray's driver exits on it) or ``failed``."""
+    return "stopped" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
 
 
 def with_speaker_counts(cfg: JobConfig, rows: list[ManifestRow]) -> list[ManifestRow]:

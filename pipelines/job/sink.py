@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import pyarrow as pa
 
@@ -32,12 +32,13 @@ class Sink:
     """Writes rows as they arrive through ``writer``: never a second row for an id in one run, and with each
     transcribed row the copies planned from it (``dependents``: manifest rows by the id whose transcript they
     reuse). Counts into ``summary``; ``total`` is how many rows this run writes (for the progress lines, one per
-    written part and one every :data:`PROGRESS_EVERY_S` seconds, with ``progress``)."""
+    written part and one every :data:`PROGRESS_EVERY_S` seconds, with ``progress``). ``on_write`` is called after
+    each table is written (the run's progress object counts from ``summary``)."""
 
     def __init__(self, writer: PartWriter, summary: RunSummary, dependents: dict[str, list[ManifestRow]],
-                 run_id: str, total: int, progress: bool = True):
+                 run_id: str, total: int, progress: bool = True, on_write: Optional[Callable[[], None]] = None):
         self.writer, self.summary, self.dependents = writer, summary, dependents
-        self.run_id, self.total, self.progress = run_id, total, progress
+        self.run_id, self.total, self.progress, self.on_write = run_id, total, progress, on_write
         self.written: set[str] = set()
         self._reported = time.monotonic()
 
@@ -59,6 +60,8 @@ class Sink:
         else:
             self.summary.copied += len(ids)
         self.report(self.writer.write(table))
+        if self.on_write is not None:
+            self.on_write()
         copies = [TranscriptRow.copy_of(table.slice(i, 1).to_pylist()[0], manifest_source(dep), self.run_id)
                   for i, rid in enumerate(ids) for dep in self.dependents.get(rid, [])]
         if copies:
