@@ -21,6 +21,15 @@ from pipelines.core.schema import Segment, Word
 
 MIN_REMAINDER_SAMPLES = SAMPLE_RATE // 10  # 1600 (0.1 s): a shorter rest after the last timestamp is not decoded again
 
+#: Words that end a sentence end with one of these; a decode without timestamp tokens is cut after them.
+SENTENCE_ENDS = (".", "?", "!", "。", "？", "！")
+#: A pause between two words at least this long (s) also cuts a decode without timestamp tokens: Whisper's own
+#: segments break at such pauses, and subtitles should too.
+SEGMENT_PAUSE_S = 1.0
+#: A sentence longer than this (s) is cut again at its widest pause between words (the longest segment tiny.en
+#: made with timestamp tokens on the dev corpus was 10.0 s).
+MAX_SEGMENT_S = 10.0
+
 
 @dataclass(frozen=True)
 class Pending:
@@ -160,3 +169,36 @@ def settle(p: Pending, segs: list[Segment], start: float, dur: float, seek_s: Op
     if window is not None and not segs:
         return [replace(p, solo=True)]
     return []
+
+
+def split_sentences(seg: Segment, pause_s: float = SEGMENT_PAUSE_S, max_s: float = MAX_SEGMENT_S) -> list[Segment]:
+    """``seg`` cut into sentences by its words: after a word ending in :data:`SENTENCE_ENDS` and between two words
+    at least ``pause_s`` seconds apart; a piece still longer than ``max_s`` seconds is cut at its widest pause until
+    none is. Each piece's times are its first word's start and last word's end, its text its words joined
+    (faster-whisper words carry their leading space); the decode's scores are kept. A segment without words comes
+    back as it is.
+
+    A decode without timestamp tokens (``decoding.without_timestamps``) is one segment per 30 s window; this gives
+    it segment times from word alignment instead.
+    """
+    if not seg.words:
+        return [seg]
+    runs: list[list[Word]] = [[]]
+    for word in seg.words:
+        if runs[-1] and word.start - runs[-1][-1].end >= pause_s:
+            runs.append([])
+        runs[-1].append(word)
+        if word.word.strip().endswith(SENTENCE_ENDS):
+            runs.append([])
+    pieces = [piece for run in runs if run for piece in _cut_long(run, max_s)]
+    return [replace(seg, start=piece[0].start, end=max(piece[0].start, piece[-1].end),
+                    text="".join(w.word for w in piece), words=tuple(piece)) for piece in pieces]
+
+
+def _cut_long(run: list[Word], max_s: float) -> list[list[Word]]:
+    """``run`` (words in order) cut at its widest pause between words (of equal pauses, the one nearest the middle)
+    until no piece spans more than ``max_s`` seconds (a single word stays whole)."""
+    if len(run) < 2 or run[-1].end - run[0].start <= max_s:
+        return [run]
+    cut = max(range(1, len(run)), key=lambda i: (round(run[i].start - run[i - 1].end, 3), -abs(2 * i - len(run))))
+    return _cut_long(run[:cut], max_s) + _cut_long(run[cut:], max_s)

@@ -24,7 +24,8 @@ from pipelines.core.decoding import Outcome, Piece, decode_pieces, to_segments
 from pipelines.core.errors import TranscriptionError
 from pipelines.core.options import DecodingConfig, ModelConfig
 from pipelines.core.packing import split_window
-from pipelines.core.rounds import MIN_REMAINDER_SAMPLES, Item, Pending, batch_sizes, batches, plan_items, settle
+from pipelines.core.rounds import (MIN_REMAINDER_SAMPLES, Item, Pending, batch_sizes, batches, plan_items, settle,
+                                   split_sentences)
 from pipelines.core.schema import Segment
 from pipelines.core.whisper import WhisperAdapter
 
@@ -104,9 +105,11 @@ class Transcriber:
         self.last_stats: dict[str, int] = {}
         self._count_lock = threading.Lock()
         # CTranslate2 holds num_workers model replicas (inter_threads) and releases the GIL while it runs, so that
-        # many batches of a round run at once from as many Python threads.
+        # many batches of a round run at once from as many Python threads. prefetch_batches more threads keep a
+        # batch queued at CTranslate2 while others do their CPU work (features before, words and segments after).
         self.workers = max(1, model_cfg.num_workers)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ct2") if self.workers > 1 else None
+        self.threads = self.workers + model_cfg.prefetch_batches
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ct2") if self.threads > 1 else None
 
     def detect_language(self, chunks: Sequence[Chunk]) -> list[tuple[str, float]]:
         """Language code and probability for each chunk, from one encoder pass per batch.
@@ -148,8 +151,12 @@ class Transcriber:
         conditioned on the chunk's text before it, in further rounds. A chunk with no words at all is not: it was
         already decoded alone. Each result carries its :class:`~pipelines.core.coverage.Coverage` afterwards.
 
-        With ``model.num_workers`` > 1 the batches of a round run at once on as many threads (CTranslate2 model
-        replicas); see :func:`batch_sizes`.
+        The batches of a round are cut first (:func:`batch_sizes`: a multiple of ``model.num_workers``), then run
+        on ``model.num_workers + model.prefetch_batches`` threads: each thread takes the next batch and does its
+        features, encoder, search, fallback and word alignment; CTranslate2 runs ``num_workers`` of those model
+        calls at once (its replicas) and queues the rest, so with ``prefetch_batches`` > 0 a thread's CPU work
+        (log-Mel features of the next batch, words and segments of a finished one) overlaps the model's work on
+        the others. Results do not depend on the threads: they come back in input order.
 
         ``decoding`` overrides the transcriber's decoding options for this call only (the Serve endpoint's
         per-request ``temperature``, ``language``...).
@@ -194,7 +201,10 @@ class Transcriber:
 
     def _result(self, chunk: Chunk, segs: list[Segment], language: tuple[str, float], redecoded: int,
                 opts: DecodingConfig) -> ChunkResult:
-        """The chunk's result: its segments in order (words dropped unless asked for), measured against its speech."""
+        """The chunk's result: its segments in order (words dropped unless asked for), measured against its speech.
+        Decoded without timestamp tokens, a segment is a whole window: it is cut into sentences by its words."""
+        if opts.without_timestamps:
+            segs = [piece for seg in segs for piece in split_sentences(seg)]
         segs = sorted(segs, key=lambda s: (s.start, s.end))
         coverage = (None if chunk.speech is None else
                     chunk_coverage(chunk.speech, segs, chunk.duration_s, opts.uncovered_speech_s))

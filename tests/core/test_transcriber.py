@@ -140,3 +140,42 @@ def test_rests_of_unfinished_long_chunks_are_packed_together(transcriber, job_co
         text = " ".join(_text(r) for r in results if r.key == row["path"])
         assert normalize(text).split()[-3:] == normalize(row["reference"]).split()[-3:]  # the end is there
         assert word_error_rate([row["reference"]], [text]) < 0.10
+
+
+def test_split_sentences_cuts_at_sentence_ends_pauses_and_length():
+    from pipelines.core.rounds import MAX_SEGMENT_S, split_sentences
+    from pipelines.core.schema import Segment, Word
+
+    # 30 words a second apart (0.2 s pauses), a full stop after the 4th, a 1.5 s pause before the 9th
+    words = tuple(Word(f" w{i}{'.' if i == 3 else ''}", i + (0.7 if i >= 8 else 0.0),
+                       i + (0.7 if i >= 8 else 0.0) + 0.8, 0.9) for i in range(30))
+    seg = Segment(0, 0.0, 30.0, "".join(w.word for w in words), -0.2, 1.5, 0.01, 0.0, words)
+    pieces = split_sentences(seg)
+    assert [p.text for p in pieces][:2] == [" w0 w1 w2 w3.", " w4 w5 w6 w7"]
+    assert pieces[2].words[0].word == " w8"
+    assert "".join(p.text for p in pieces) == seg.text and sum(len(p.words) for p in pieces) == 30
+    for p in pieces:
+        assert (p.start, p.end) == (p.words[0].start, p.words[-1].end) and p.end - p.start <= MAX_SEGMENT_S
+        assert (p.avg_logprob, p.temperature) == (seg.avg_logprob, seg.temperature)
+    bare = Segment(0, 0.0, 5.0, " no words", -0.2, 1.5, 0.01, 0.0)
+    assert split_sentences(bare) == [bare]
+
+
+def test_without_timestamps_takes_segment_times_from_words(transcriber, job_config, corpus):
+    """Decoding without timestamp tokens (one decode per window, never resumed) on a 54 s recording of Harvard
+    sentences: segments are sentences timed by their words, and the WER is no worse than with timestamps."""
+    from pipelines.core.engine import Engine, FileSpec, prepare
+    from pipelines.core.wer import word_error_rate
+    from tests.conftest import corpus_rows
+
+    row = next(r for r in corpus_rows() if r["path"].startswith("gentle/"))
+    file = prepare(corpus / row["path"], FileSpec("h", row["path"]), job_config.chunking)
+    engine = Engine(job_config.model, job_config.decoding, transcriber)
+    (timed,), _ = engine.transcribe([file])
+    (plain,), _ = engine.transcribe([file], job_config.decoding.model_copy(update={"without_timestamps": True}))
+    assert transcriber.last_stats["resumed"] == 0
+    assert len(plain.segments) >= 8 > file.num_chunks  # ten sentences, cut from a few windows
+    for seg in plain.segments:
+        assert seg.words and (seg.start, seg.end) == (seg.words[0].start, seg.words[-1].end)
+    wer = {name: word_error_rate([row["reference"]], [t.text]) for name, t in (("timed", timed), ("plain", plain))}
+    assert wer["plain"] <= wer["timed"] + 0.02, wer
