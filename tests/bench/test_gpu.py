@@ -152,6 +152,18 @@ def test_gpu_config_is_the_issues_shape():
         ("cuda", "float16", 4, 16, 16)
 
 
+def test_gpu_bench_runs_the_jobs_gpu_settings():
+    """The bench measures what configs/gpu.yaml ships: the same model knobs and decoding shortcuts."""
+    from pipelines.config import load_config
+
+    bench = load_bench_config(str(ROOT / "configs/bench/gpu.yaml")).job
+    job = load_config(str(ROOT / "configs/gpu.yaml"))
+    keys = ("device", "compute_type", "cpu_threads", "num_workers", "batch_size", "prefetch_batches")
+    assert {k: getattr(bench.model, k) for k in keys} == {k: getattr(job.model, k) for k in keys}
+    for key in ("beam_size", "word_timestamps", "without_timestamps"):
+        assert getattr(bench.decoding, key) == getattr(job.decoding, key), key
+
+
 def test_cuda_refused_without_a_cuda_device(tmp_path, capsys):
     from pipelines.core.whisper import cuda_device_count
 
