@@ -264,3 +264,23 @@ def test_stop_restart_and_resume_give_every_row_once(endpoint):
         after = page["last_id"]
     assert sorted(r["id"] for r in rows) == sorted(urls)
     assert endpoint.get(f"/v1/jobs/{first}").json()["status"] == "stopped"
+
+
+def test_the_docs_python_example_runs_as_written(endpoint):
+    """docs/jobs.md's httpx example, run with only its address, folder and API key swapped for the test's."""
+    import re
+
+    text = (ROOT / "docs" / "jobs.md").read_text()
+    code = re.search(r"## Python \(httpx\)\n\n```python\n(.*?)```", text, re.S).group(1)
+    folder = endpoint.root / "doc"
+    (folder / "in").mkdir(parents=True)
+    names = copy_clips(folder / "in", SHORT[:2])
+    (folder / "in" / "manifest.jsonl").write_text(
+        "".join(json.dumps({"audio_filepath": f"audio/{n}", "id": n}) + "\n" for n in names))
+    swapped = (code.replace("http://127.0.0.1:8000", endpoint.base).replace("/tmp/raywhisper-jobs/", f"{folder}/")
+               .replace("timeout=60)", f"timeout=60, headers={HEADERS!r})"))
+    assert swapped.count(str(folder)) == 2 and endpoint.base in swapped and API_KEY in swapped
+    res = subprocess.run([sys.executable, "-c", swapped], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    last = res.stdout.strip().splitlines()
+    assert last[-2] == "succeeded 2" and last[-1].startswith(f"{len(names)} "), res.stdout[-2000:]
