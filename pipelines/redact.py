@@ -11,8 +11,8 @@ the second line, for what passes that check (``storage.options.az.credential``, 
 
   - the value of every mapping key named like a credential is ``"***"`` (:func:`is_secret_key`: *secret*, *token*,
     *password*, *passwd*, *passphrase*, *credential(s)*, *authorization*, *apikey*, *cookie* anywhere in the key;
-    *key*, *auth*, *signature*, *sig* as its last word, *auth* also as its first; *key* before a final *id*;
-    *connection_string*). Keys are split into words at ``_``, ``-``, ``.``, spaces and camelCase humps, so
+    *key*, *auth*, *signature*, *sig* as its last word (not after *per*: ``jobs_per_key`` is a count), *auth*
+    also as its first; *key* before a final *id*; *connection_string*). Keys are split into words at ``_``, ``-``, ``.``, spaces and camelCase humps, so
     ``max_file_bytes``, ``suppress_tokens``, ``max_new_tokens``, ``api_key_env`` and ``signature_version`` stay as
     they are, while ``X-Api-Key``, ``apiKey``, ``aws_secret_access_key`` and ``sas_token`` are masked. A value that
     is ``None``, ``""`` or a bool is kept (there is nothing to hide, and "not set" is worth seeing);
@@ -66,13 +66,15 @@ def key_words(name: Any) -> list[str]:
 def is_secret_key(name: Any) -> bool:
     """Whether a mapping key (or URL query parameter) names a credential; see the module docstring for the rule.
 
-    >>> [is_secret_key(k) for k in ("Authorization", "x-api-key", "max_file_bytes", "suppress_tokens")]
-    [True, True, False, False]
+    >>> [is_secret_key(k) for k in ("Authorization", "x-api-key", "max_file_bytes", "suppress_tokens",
+    ...                             "max_running_jobs_per_key")]
+    [True, True, False, False, False]
     """
     words = key_words(name)
     if not words:
         return False
-    if ANYWHERE_WORDS.intersection(words) or words[-1] in LAST_WORDS or words[0] in FIRST_WORDS:
+    per_last = len(words) > 1 and words[-2] == "per"  # a count per key (max_running_jobs_per_key), not a key
+    if ANYWHERE_WORDS.intersection(words) or (words[-1] in LAST_WORDS and not per_last) or words[0] in FIRST_WORDS:
         return True
     pairs = set(zip(words, words[1:]))
     return any(seq in pairs for seq in SECRET_SEQUENCES)

@@ -374,9 +374,12 @@ def test_job_on_s3_matches_a_local_run(s3, job_config, transcriber):
         assert_spans_close(list(df.loc[i, "segments"]), list(local.loc[i, "segments"]), i)
         assert df.loc[i, "sha256"] == hashlib.sha256((CORPUS / i).read_bytes()).hexdigest()
     keys = s3.keys("transcripts", "main/")
-    # no probe, no _tmp/, no lock left; the errors table (empty here) is written by every complete run
-    assert keys[:2] == ["main/_errors.parquet", "main/_runs/s3-main.json"] and len(keys) == 3, keys
-    assert re.fullmatch(r"main/part-s3-main-00000-[0-9a-f]{8}\.parquet", keys[2]), keys
+    # no probe, no _tmp/, no lock left; the errors table (empty here) and the progress object are written by every
+    # complete run
+    assert keys[:3] == ["main/_errors.parquet", "main/_progress.json", "main/_runs/s3-main.json"], keys
+    assert len(keys) == 4 and re.fullmatch(r"main/part-s3-main-00000-[0-9a-f]{8}\.parquet", keys[3]), keys
+    progress = json.loads(s3.client.get_object(Bucket="transcripts", Key="main/_progress.json")["Body"].read())
+    assert (progress["run_id"], progress["phase"], progress["files_done"]) == ("s3-main", "done", len(ids)), progress
     summary = json.loads(s3.client.get_object(Bucket="transcripts", Key="main/_runs/s3-main.json")["Body"].read())
     assert summary["config"]["storage"]["endpoint_url"] is None  # it came from the environment
     fingerprint = config_fingerprint(job_config.model, job_config.decoding, job_config.chunking)

@@ -64,7 +64,7 @@ def test_secret_keys(key):
 @pytest.mark.parametrize("key", [
     "max_file_bytes", "max_upload_bytes", "suppress_tokens", "max_new_tokens", "api_key_env", "signature_version",
     "keyword", "monkey", "key_column", "author", "authority", "tokenizer", "hotwords", "endpoint_url", "region",
-    "profile", "name", "User-Agent", "config_fingerprint", "addressing_style",
+    "profile", "name", "User-Agent", "config_fingerprint", "addressing_style", "max_running_jobs_per_key",
 ])
 def test_harmless_keys(key):
     from pipelines.redact import is_secret_key
