@@ -1,7 +1,9 @@
-"""Test helpers: write audio in any codec/container with PyAV, from real clips or synthetic signals."""
+"""Test helpers: write audio in any codec/container with PyAV, from real clips or synthetic signals; wait for a
+Serve application to be ready."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -91,3 +93,13 @@ def process_family(pid: int) -> list:
         except (ProcessLookupError, psutil.Error):
             continue
     return list(family.values())
+
+
+def wait_until_ready(base: str, timeout_s: float = 120) -> None:
+    """Poll ``base``/health/ready every 0.5 s until it answers 200; fail the test after ``timeout_s`` seconds."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while requests.get(f"{base}/health/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "the app never became ready"
+        time.sleep(0.5)

@@ -36,6 +36,7 @@ from pipelines.io.storage import resolve_storage
 from tests.compare import assert_spans_close, assert_texts_agree
 from tests.conftest import CORPUS, JFK, JFK_PHRASE, ROOT
 from tests.flaky_proxy import FlakyProxy
+from tests.helpers import wait_until_ready
 
 pytestmark = pytest.mark.s3
 
@@ -535,10 +536,7 @@ def url_endpoint(s3, ray_local, tmp_path_factory):
     ])
     serve.run(build_app(args), name="s3url", route_prefix="/s3url")
     base = f"http://127.0.0.1:{port}/s3url"
-    deadline = time.monotonic() + 180
-    while requests.get(f"{base}/health/ready", timeout=30).status_code != 200:
-        assert time.monotonic() < deadline, "the app never became ready"
-        time.sleep(0.5)
+    wait_until_ready(base, 180)
     try:
         yield base, root
     finally:

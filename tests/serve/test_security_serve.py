@@ -38,6 +38,7 @@ from pipelines.core.stitch import stitch_file
 from pipelines.io.storage import resolve_storage
 from serve_app.schemas import APIError
 from tests.conftest import CORPUS, JFK, ROOT
+from tests.helpers import wait_until_ready
 
 MARKER = "pid=1234 ip=10.1.2.3"  # what a Ray task error's text carries (process id, node IP)
 LONG_CLIP = CORPUS / "gentle" / "harvard-sentences-list30.mp3"  # 53.65 s
@@ -496,10 +497,7 @@ def hurried(ray_local, corpus):
     args = dict(args, overrides=["deployment.num_cpus=0.5", "http.num_cpus=0", "http.request_timeout_s=1.5"])
     serve.run(build_app(args), name="hurried", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while requests.get(f"{base}/health/ready", timeout=30).status_code != 200:
-        assert time.monotonic() < deadline, "the app never became ready"
-        time.sleep(0.5)
+    wait_until_ready(base)
     yield base
     serve.shutdown()
 

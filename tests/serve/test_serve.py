@@ -31,6 +31,7 @@ from pipelines.core.stitch import stitch_file
 from pipelines.core.transcriber import Chunk
 from tests.compare import assert_segments_in_chunks, assert_spans_close, assert_texts_agree
 from tests.conftest import CORPUS, JFK, JFK_PHRASE, ROOT
+from tests.helpers import wait_until_ready
 
 API_KEY = "test-key-123"
 MAX_UPLOAD = 2_000_000
@@ -111,10 +112,7 @@ def endpoint(ray_local, corpus):
     serve.run(build_app(main), name="raywhisper", route_prefix="/", blocking=False)
     serve.run(build_app(tight), name="tight", route_prefix="/tight")
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while requests.get(f"{base}/health/ready", timeout=30).status_code != 200:
-        assert time.monotonic() < deadline, "the app never became ready"
-        time.sleep(0.5)
+    wait_until_ready(base)
     yield base
     serve.shutdown()
 
