@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 from pipelines.core.errors import OutputLockedError
 from pipelines.io.lock_store import LOCK_FILE, LockHolder, LockStore, SeenLock  # noqa: F401 - LOCK_FILE: for callers
+from pipelines.io.periodic import Periodic
 from pipelines.io.retry import RetryPolicy
 
 log = logging.getLogger("raywhisper")
@@ -59,8 +60,7 @@ class OutputLock:
         self._last_ok = 0.0
         self._lost: Optional[str] = None
         self._mutex = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._heartbeat = Periodic(lambda: self.refresh(), heartbeat_s, "output-lock-heartbeat")
 
     def _holder(self) -> LockHolder:
         return LockHolder.here(self.run_id, self._started_at, self.clock(), self.token)
@@ -169,21 +169,13 @@ class OutputLock:
 
     def start_heartbeat(self) -> None:
         """Refresh the lock every ``heartbeat_s`` from a daemon thread until :meth:`release`."""
-        def beat() -> None:
-            while not self._stop.wait(self.heartbeat_s):
-                self.refresh()
-        self._stop.clear()
-        self._thread = threading.Thread(target=beat, name="output-lock-heartbeat", daemon=True)
-        self._thread.start()
+        self._heartbeat.start()
 
     # ------------------------------------------------------------------------------------------------ letting go
     def release(self) -> None:
         """Stop the heartbeat and delete the lock if it is still ours (a lock taken over is left to its new
         holder). Never raises: a lock that cannot be deleted is logged, and goes stale after ``stale_s``."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(5.0, self.heartbeat_s))
-            self._thread = None
+        self._heartbeat.stop(timeout_s=max(5.0, self.heartbeat_s))
         with self._mutex:
             if not self.held:
                 return

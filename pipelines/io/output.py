@@ -46,6 +46,7 @@ from fsspec.core import url_to_fs
 
 from pipelines.core.errors import StorageError
 from pipelines.core.schema import TRANSCRIPT_SCHEMA
+from pipelines.io.periodic import Periodic
 from pipelines.io.retry import RetryPolicy
 from pipelines.io.writing import is_object_store, move_file, remove_file, write_atomic
 from pipelines.redact import scrub
@@ -252,8 +253,7 @@ class PartWriter:
         self._pending: list[tuple[pa.Table, float]] = []  # (rows, when they arrived)
         self._pending_rows = 0
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._timer: Optional[threading.Thread] = None
+        self._timer: Optional[Periodic] = None
         seqs = [int(m["seq"]) for m in (PART_RE.match(posixpath.basename(p)) for p in self.folder.parts())
                 if m and m["run_id"] == run_id]
         self._seq = max(seqs, default=-1) + 1
@@ -296,22 +296,18 @@ class PartWriter:
         period = period_s or min(5.0, max(0.1, self.flush_interval_s / 4))
 
         def tick() -> None:
-            while not self._stop.wait(period):
-                try:
-                    for part in self.flush_due():
-                        log.info("wrote %s (rows in hand for %g s: output.flush_interval_s)", part,
-                                 self.flush_interval_s)
-                except Exception as exc:  # noqa: BLE001 - the rows stay in hand; the job's own writes raise
-                    log.warning("could not write the rows in hand on time (%s: %s); retrying", type(exc).__name__, exc)
-        self._stop.clear()
-        self._timer = threading.Thread(target=tick, name="part-flush-timer", daemon=True)
+            try:
+                for part in self.flush_due():
+                    log.info("wrote %s (rows in hand for %g s: output.flush_interval_s)", part, self.flush_interval_s)
+            except Exception as exc:  # noqa: BLE001 - the rows stay in hand; the job's own writes raise
+                log.warning("could not write the rows in hand on time (%s: %s); retrying", type(exc).__name__, exc)
+        self._timer = Periodic(tick, period, "part-flush-timer")
         self._timer.start()
 
     def close(self) -> list[str]:
         """Stop the timer and write what is left; returns the part paths written."""
-        self._stop.set()
         if self._timer is not None:
-            self._timer.join(timeout=60)
+            self._timer.stop(timeout_s=60)
             self._timer = None
         with self._lock:
             return [self._flush(self._pending_rows)] if self._pending_rows else []

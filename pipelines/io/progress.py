@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 from fsspec.core import url_to_fs
 
+from pipelines.io.periodic import Periodic
 from pipelines.io.retry import RetryPolicy
 from pipelines.io.writing import write_atomic
 
@@ -130,8 +131,9 @@ def read_progress(output_uri: str, storage_options: Optional[dict] = None) -> Op
 class ProgressWriter:
     """Writes a run's :class:`Progress` to ``DIR/_progress.json``: :meth:`update` takes a new state (merged so that
     no count goes down), a daemon thread writes the latest state every ``interval_s`` seconds (its ``updated_at``
-    moving on even while no count does: a heartbeat), and :meth:`finish` writes the final one. A write that fails is logged and tried again at the next tick: progress
-    is advisory, it never stops the run.
+    moving on even while no count does: a heartbeat; :class:`~pipelines.io.periodic.Periodic`), and :meth:`finish`
+    writes the final one. A write that fails is logged and tried again at the next tick: progress is advisory, it
+    never stops the run.
 
     Args:
         output_uri: the output folder.
@@ -153,8 +155,7 @@ class ProgressWriter:
         self.state = Progress(run_id, started_at=now, updated_at=now)
         self._written: Optional[Progress] = None
         self._mutex = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._ticker = Periodic(self._tick, interval_s, "progress-writer")
         self.started = False
 
     def update(self, **fields) -> Progress:
@@ -185,24 +186,18 @@ class ProgressWriter:
         """Write now, then every ``interval_s`` from a daemon thread until :meth:`finish`."""
         self.started = True
         self.write()
+        self._ticker.start()
 
-        def tick() -> None:
-            while not self._stop.wait(self.interval_s):
-                self.update()  # updated_at moves on while the counts do not: the run is alive
-                self.write()
-        self._stop.clear()
-        self._thread = threading.Thread(target=tick, name="progress-writer", daemon=True)
-        self._thread.start()
+    def _tick(self) -> None:
+        self.update()  # updated_at moves on while the counts do not: the run is alive
+        self.write()
 
     def finish(self, phase: str, **fields) -> Progress:
         """Stop the thread and write the final state with ``phase`` (one of :data:`FINAL_PHASES`); nothing is
         written by a writer never started (a run that stopped before its folder was prepared)."""
         if phase not in FINAL_PHASES:
             raise ValueError(f"phase {phase!r} is not final; expected one of {sorted(FINAL_PHASES)}")
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=max(5.0, self.interval_s))
-            self._thread = None
+        self._ticker.stop(timeout_s=max(5.0, self.interval_s))
         state = self.update(phase=phase, **fields)
         if self.started:
             self.write()
