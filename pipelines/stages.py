@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
@@ -127,6 +128,44 @@ def provenance(cfg: JobConfig, run_id: str) -> Provenance:
                                          cfg.diarization.fingerprint_payload()), run_id)
 
 
+@dataclass(frozen=True)
+class ReadFile:
+    """One manifest row after :func:`read_and_prepare`: the file's ``sha256`` (None when it could not be read), the
+    prepared file or the ``failure`` that stopped it, and the wall time (s) reading and preparing took."""
+
+    sha256: Optional[str]
+    file: Optional[PreparedFile]
+    failure: Optional[Failure]
+    seconds: float
+
+
+def read_and_prepare(row: dict, storage: Storage, cfg: JobConfig, limits: InputLimits) -> ReadFile:
+    """Read the file of one manifest row (``id``, ``audio_filepath``, ``uri``; ``language``, ``prompt``, ``error``
+    optional) through ``storage`` with ``guards.max_file_bytes`` and :func:`~pipelines.core.engine.prepare` it
+    with ``cfg.chunking`` and ``limits``: the job's decode stage and the bench's in-process engine system both go
+    through here. Never raises for a bad file: a row with an ``error`` from the manifest (a name that is not UTF-8),
+    a read failure (named as rows always named it: AudioDecodeError / AudioLimitError), a decode failure or an
+    unexpected error becomes the :class:`ReadFile`'s ``failure``."""
+    sha256 = None
+    t0 = time.perf_counter()
+    try:
+        if row.get("error"):  # found while reading the manifest: never read
+            raise InputNameError(row["error"])
+        try:
+            data = storage.read(row["uri"], cfg.guards.max_file_bytes)
+        except SourceReadError as exc:  # the row names it as users know it (AudioDecodeError/AudioLimitError)
+            raise input_error(exc) from exc
+        sha256 = data.sha256
+        prepared = prepare(data.content, file_spec(row), cfg.chunking, limits)
+    except AudioDecodeError as exc:
+        return ReadFile(sha256, None, Failure(type(exc).__name__, str(exc)), time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop the corpus
+        log.exception("unexpected error decoding %s", row.get("audio_filepath"))
+        return ReadFile(sha256, None, Failure(type(exc).__name__, f"{row['audio_filepath']}: {exc}"),
+                        time.perf_counter() - t0)
+    return ReadFile(sha256, prepared, None, time.perf_counter() - t0)
+
+
 class DecodeChunkStage:
     """Read each file, decode it to 16 kHz mono float32 with the input guards and cut it into VAD chunks of at most
     ``chunking.max_chunk_s`` (:func:`~pipelines.core.engine.prepare`).
@@ -149,25 +188,14 @@ class DecodeChunkStage:
         """Read, decode and chunk one manifest row (see the class doc); never raises for a bad file. A row with an
         ``error`` from the manifest (:class:`~pipelines.io.manifest.ManifestRow`) becomes its error row unread."""
         out = {name: row.get(name) for name, _ in MANIFEST_FIELDS}
-        t0 = time.perf_counter()
-        try:
-            if row.get("error"):  # found while reading the manifest (a name that is not UTF-8): never read
-                raise InputNameError(row["error"])
-            try:
-                data = self.storage.read(row["uri"], self.cfg.guards.max_file_bytes)
-            except SourceReadError as exc:  # the row names it as users know it (AudioDecodeError/AudioLimitError)
-                raise input_error(exc) from exc
-            out["sha256"] = data.sha256
-            prepared = prepare(data.content, file_spec(row), self.cfg.chunking, self.limits)
-        except AudioDecodeError as exc:
-            out.update(error_type=type(exc).__name__, error_message=str(exc), decode_s=time.perf_counter() - t0)
+        read = read_and_prepare(row, self.storage, self.cfg, self.limits)
+        if read.sha256 is not None:
+            out["sha256"] = read.sha256
+        if read.failure is not None:
+            out.update(error_type=read.failure.error_type, error_message=read.failure.message,
+                       decode_s=read.seconds)
             return out
-        except Exception as exc:  # noqa: BLE001 - one bad file must never stop the corpus
-            log.exception("unexpected error decoding %s", row.get("audio_filepath"))
-            out.update(error_type=type(exc).__name__, error_message=f"{row['audio_filepath']}: {exc}",
-                       decode_s=time.perf_counter() - t0)
-            return out
-        out.update(to_chunked_row(prepared))
+        out.update(to_chunked_row(read.file))
         return out
 
     def __call__(self, batch) -> pa.Table:

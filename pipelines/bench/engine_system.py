@@ -2,9 +2,10 @@
 
 The same engine calls as the job's stages (:mod:`pipelines.stages`), with threads instead of Ray actors:
 
-1. a pool of ``engine_prepare_threads`` threads reads each file through the job's storage (with
-   ``guards.max_file_bytes``) and runs :func:`~pipelines.core.engine.prepare` (decode with the job's input guards,
-   Silero VAD chunks); PyAV and the VAD's ONNX runtime release the GIL, so the threads run in parallel;
+1. a pool of ``engine_prepare_threads`` threads reads and prepares each file as the job's decode stage does
+   (:func:`~pipelines.stages.read_and_prepare`: the job's storage with ``guards.max_file_bytes``, then
+   :func:`~pipelines.core.engine.prepare`: decode with the job's input guards, Silero VAD chunks); PyAV and the
+   VAD's ONNX runtime release the GIL, so the threads run in parallel;
 2. the calling thread loads the model (while the first groups are prepared) and hands the files to
    :meth:`~pipelines.core.engine.Engine.transcribe_isolated` in groups of ``job.transcribe.files_per_batch``, in
    manifest order, while the next ``engine_prefetch_groups`` groups are being prepared.
@@ -16,53 +17,34 @@ faster-whisper).
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 from pipelines.bench.config import BenchConfig, engine_prepare_threads
-from pipelines.core.engine import Engine, Failure, InputLimits, Outcome, PreparedFile, prepare
-from pipelines.core.errors import AudioDecodeError, SourceReadError, input_error
+from pipelines.core.engine import Engine, Failure, InputLimits, Outcome, PreparedFile
 from pipelines.core.schema import STATUS_ERROR
 from pipelines.io.storage import Storage, resolve_storage
-from pipelines.stages import file_spec, input_limits
-
-log = logging.getLogger(__name__)
+from pipelines.stages import input_limits, read_and_prepare
 
 
 @dataclass(frozen=True)
 class Prepared:
     """One manifest row after reading and :func:`~pipelines.core.engine.prepare`: the prepared file, or why there is
-    none (``failure``); ``prepare_s`` is the wall time (s) it took."""
+    none (``failure``)."""
 
     row: dict
     file: Optional[PreparedFile] = None
     failure: Optional[Failure] = None
-    prepare_s: float = 0.0
 
 
-def prepare_row(row: dict, storage: Storage, max_file_bytes: Optional[int], cfg: BenchConfig,
-                limits: InputLimits) -> Prepared:
-    """Read and prepare one bench manifest row (``id``, ``audio_filepath``: an absolute path or URI) as the job's
-    decode stage does; never raises for a bad file."""
-    spec_row = {"id": row["id"], "audio_filepath": row["audio_filepath"]}
-    t0 = time.perf_counter()
-    try:
-        try:
-            data = storage.read(row["audio_filepath"], max_file_bytes)
-        except SourceReadError as exc:  # named as the job's error rows name it
-            raise input_error(exc) from exc
-        prepared = prepare(data.content, file_spec(spec_row), cfg.job.chunking, limits)
-    except AudioDecodeError as exc:
-        return Prepared(row, failure=Failure(type(exc).__name__, str(exc)), prepare_s=time.perf_counter() - t0)
-    except Exception as exc:  # noqa: BLE001 - one bad file must never stop the corpus
-        log.exception("unexpected error preparing %s", row["audio_filepath"])
-        return Prepared(row, failure=Failure(type(exc).__name__, f"{row['audio_filepath']}: {exc}"),
-                        prepare_s=time.perf_counter() - t0)
-    return Prepared(row, file=prepared, prepare_s=time.perf_counter() - t0)
+def prepare_row(row: dict, storage: Storage, cfg: BenchConfig, limits: InputLimits) -> Prepared:
+    """Read and prepare one bench manifest row (``id``, ``audio_filepath``: an absolute path or URI) through the job
+    decode stage's own :func:`~pipelines.stages.read_and_prepare`; never raises for a bad file."""
+    job_row = {"id": row["id"], "audio_filepath": row["audio_filepath"], "uri": row["audio_filepath"]}
+    read = read_and_prepare(job_row, storage, cfg.job, limits)
+    return Prepared(row, file=read.file, failure=read.failure)
 
 
 def groups_of(rows: Sequence[dict], size: int) -> Iterator[list[dict]]:
@@ -109,7 +91,7 @@ def run_engine(cfg: BenchConfig, rows: Sequence[dict], storage: Optional[Storage
         ModelLoadError: the model cannot be loaded (e.g. ``require_cuda`` without a CUDA device).
     """
     storage = storage or resolve_storage(cfg.job.storage)
-    limits, max_bytes = input_limits(cfg.job), cfg.job.guards.max_file_bytes
+    limits = input_limits(cfg.job)
     groups = groups_of(rows, cfg.job.transcribe.files_per_batch)
     ahead: deque[list[Future]] = deque()
     results: list[dict] = []
@@ -120,7 +102,7 @@ def run_engine(cfg: BenchConfig, rows: Sequence[dict], storage: Optional[Storage
                 group = next(groups, None)
                 if group is None:
                     return
-                ahead.append([pool.submit(prepare_row, row, storage, max_bytes, cfg, limits) for row in group])
+                ahead.append([pool.submit(prepare_row, row, storage, cfg, limits) for row in group])
 
         try:
             fill(cfg.engine_prefetch_groups + 1)  # the first group and those behind it
