@@ -350,3 +350,17 @@ def write_summary(output_uri: str, run_id: str, summary: dict, storage_options: 
     data = json.dumps(scrub(summary), indent=2, default=str).encode()
     write_atomic(fs, path, data, retry, posixpath.join(root.rstrip("/"), TMP_DIR))
     return path
+
+
+def read_summary(output_uri: str, run_id: str, storage_options: Optional[dict] = None) -> Optional[dict]:
+    """The summary :func:`write_summary` wrote for ``run_id`` under the output folder, or None when there is none
+    (yet) or it is not JSON.
+
+    Raises:
+        OSError and the storage's own errors: the folder cannot be read (not "no summary").
+    """
+    fs, root = url_to_fs(output_uri, **(storage_options or {}))
+    try:
+        return json.loads(fs.cat_file(posixpath.join(root.rstrip("/"), RUNS_DIR, f"{run_id}.json")))
+    except (FileNotFoundError, ValueError):
+        return None

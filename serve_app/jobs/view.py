@@ -8,14 +8,11 @@ job on the same folder has replaced it, a finished job's progress is read from i
 
 from __future__ import annotations
 
-import json
-import posixpath
 import re
 import time
 from typing import Optional
 
-from fsspec.core import url_to_fs
-
+from pipelines.io.output import read_summary
 from pipelines.io.progress import Progress, read_progress
 from pipelines.io.storage import Storage
 from pipelines.redact import scrub, scrub_text
@@ -61,14 +58,10 @@ def progress_of_summary(summary: dict) -> JobProgress:
                        audio_s_done=float(summary.get("audio_s") or 0.0))
 
 
-def read_summary(output: str, job_id: str, storage: Storage) -> Optional[dict]:
-    """The run summary ``OUT/_runs/<job id>.json`` (scrubbed), or None when there is none yet."""
-    try:
-        fs, root = url_to_fs(output, **storage.options_for(output))
-        data = fs.cat_file(posixpath.join(root.rstrip("/"), "_runs", f"{job_id}.json"))
-        return scrub(json.loads(data))
-    except (FileNotFoundError, ValueError):
-        return None
+def job_summary(output: str, job_id: str, storage: Storage) -> Optional[dict]:
+    """The job's run summary (:func:`pipelines.io.output.read_summary`, scrubbed), or None when there is none yet."""
+    summary = read_summary(output, job_id, storage.options_for(output))
+    return None if summary is None else scrub(summary)
 
 
 def error_of(record: JobRecord, log_tail: str) -> JobErrorInfo:
@@ -88,7 +81,7 @@ def job_view(record: JobRecord, storage: Storage, log_tail: str = "", with_detai
     output = meta.get("output", "")
     progress = summary = None
     if with_details and output:
-        summary = read_summary(output, record.id, storage) if status in FINAL_STATUSES else None
+        summary = job_summary(output, record.id, storage) if status in FINAL_STATUSES else None
         try:
             found = read_progress(output, storage.options_for(output))
         except Exception:  # noqa: BLE001 - the folder cannot be read now: show the job without its progress
